@@ -1,0 +1,25 @@
+# balancer: a reverse-proxy HTTP load balancer.
+#   docker build -t balancer .
+#   docker run -p 8080:8080 -p 9090:9090 -v $PWD/balancer.yaml:/etc/balancer/balancer.yaml balancer
+FROM python:3.12-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    BALANCER_CONFIG=/etc/balancer/balancer.yaml
+
+WORKDIR /app
+COPY pyproject.toml README.md ./
+COPY balancer ./balancer
+RUN pip install --no-cache-dir . \
+    && useradd --system --uid 10001 --home-dir /nonexistent --shell /usr/sbin/nologin balancer \
+    && mkdir -p /etc/balancer
+COPY balancer.yaml /etc/balancer/balancer.yaml
+
+USER balancer
+EXPOSE 8080 9090
+# The admin API answers /health/live while the process runs (SPEC §3). In a container the
+# admin listener must be reachable inside it: keep admin.listen on 127.0.0.1 or 0.0.0.0.
+HEALTHCHECK --interval=10s --timeout=3s --start-period=5s --retries=3 \
+    CMD python -c "import os,sys,urllib.request; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:' + os.environ.get('BALANCER_ADMIN_PORT', '9090') + '/health/live', timeout=2).status == 200 else 1)"
+STOPSIGNAL SIGTERM
+ENTRYPOINT ["balancer"]

@@ -1,0 +1,100 @@
+"""The `balancer` command (SPEC §1). The only module that prints usage and exits."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import os
+import sys
+
+from balancer import __version__
+from balancer.config import LOG_LEVELS, Config, ConfigError, load_config, summary
+
+EXIT_OK, EXIT_FAILURE, EXIT_BAD_CONFIG = 0, 1, 2
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="balancer", description="A reverse-proxy HTTP load balancer."
+    )
+    parser.add_argument(
+        "-c", "--config", help="the YAML file [$BALANCER_CONFIG, then ./balancer.yaml]"
+    )
+    parser.add_argument("--check", action="store_true", help="validate the file and exit")
+    parser.add_argument("--version", action="version", version=f"balancer {__version__}")
+    parser.add_argument("--workers", help="processes sharing the port (a number or 'auto')")
+    parser.add_argument("--log-level", help="debug | info | warning | error")
+    return parser.parse_args(argv)
+
+
+def _apply_overrides(config: Config, args: argparse.Namespace) -> Config:
+    problems: list[str] = []
+    changes: dict[str, object] = {}
+    if args.log_level is not None:
+        level = args.log_level.upper()
+        if level in LOG_LEVELS:
+            changes["log_level"] = level
+        else:
+            problems.append(
+                f"--log-level: unknown level {args.log_level!r} "
+                "(valid: debug, info, warning, error)"
+            )
+    if args.workers is not None:
+        if args.workers == "auto":
+            changes["workers"] = os.cpu_count() or 1
+        elif args.workers.isdigit() and int(args.workers) >= 1:
+            changes["workers"] = int(args.workers)
+        else:
+            problems.append(f"--workers: expected a number >= 1 or 'auto', got {args.workers!r}")
+    if problems:
+        raise ValueError("\n".join(problems))
+    return dataclasses.replace(config, **changes) if changes else config  # type: ignore[arg-type]
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    path = args.config or os.environ.get("BALANCER_CONFIG") or "balancer.yaml"
+    try:
+        config = _apply_overrides(load_config(path), args)
+    except ConfigError as exc:
+        for line in exc.lines():
+            print(line, file=sys.stderr)
+        return EXIT_BAD_CONFIG
+    except ValueError as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_BAD_CONFIG
+    if args.check:
+        print(summary(config))
+        print(f"{path}: configuration is valid")
+        return EXIT_OK
+    return run(config)
+
+
+def run(config: Config) -> int:
+    import uvloop
+
+    from balancer.server import StartupError, serve
+    from balancer.strategies import UnknownStrategy
+
+    logging.basicConfig(
+        stream=sys.stderr,
+        level=config.log_level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if config.workers > 1:
+        logging.getLogger("balancer").warning(
+            "workers: %d asked, but several workers are not available yet; running one",
+            config.workers,
+        )
+    try:
+        uvloop.run(serve(config))
+    except UnknownStrategy as exc:
+        print(f"{config.source}: strategy: {exc}", file=sys.stderr)
+        return EXIT_BAD_CONFIG
+    except StartupError as exc:
+        print(f"balancer: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    except KeyboardInterrupt:
+        pass
+    return EXIT_OK

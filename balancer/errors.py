@@ -1,0 +1,68 @@
+"""The errors of the request path, each knowing its HTTP answer (ARCHITECTURE habit 9).
+
+Library exceptions are translated into these once, at the I/O edge (upstream.py); the proxy
+turns them into a response by reading `status` and decides on a retry by reading `sent`.
+"""
+
+from __future__ import annotations
+
+
+class ProxyError(Exception):
+    """A request the proxy could not complete; `status` is what the client gets."""
+
+    status = 502
+    #: Whether any byte of the request may have reached the backend (SPEC §4 retry rule).
+    sent = True
+    #: Whether the backend is to blame (counts as a failed attempt for its stats and breaker).
+    backend_failure = True
+
+    def __init__(self, detail: str = "") -> None:
+        super().__init__(detail or self.__class__.__doc__ or self.__class__.__name__)
+        self.detail = detail
+
+
+class NoBackendAvailable(ProxyError):
+    """No backend can be picked for the request."""
+
+    status = 503
+    sent = False
+    backend_failure = False
+
+
+class ConnectFailed(ProxyError):
+    """The backend refused the connection or did not accept it within timeouts.connect."""
+
+    sent = False
+
+
+class BackendDropped(ProxyError):
+    """The backend closed or reset the connection before a complete response head."""
+
+
+class BackendTimeout(ProxyError):
+    """The backend sent nothing for longer than timeouts.read."""
+
+    status = 504
+
+
+class BadBackendResponse(ProxyError):
+    """The backend's response could not be parsed or was framed ambiguously."""
+
+
+class ClientGone(ProxyError):
+    """The client went away mid-request: nobody is left to answer."""
+
+    status = 499
+    backend_failure = False
+
+
+class BadRequest(ProxyError):
+    """The client's request is malformed or ambiguous and is never forwarded."""
+
+    status = 400
+    sent = False
+    backend_failure = False
+
+    def __init__(self, detail: str = "", status: int = 400) -> None:
+        super().__init__(detail)
+        self.status = status

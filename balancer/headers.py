@@ -1,0 +1,155 @@
+"""Header rules of the request path: hop-by-hop removal, X-Forwarded-*, framing checks.
+
+Pure functions over raw header pairs (bytes, as aiohttp's C parser hands them over), so the
+forwarded head is built once per request without decoding and re-encoding every field.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+from multidict import CIMultiDict
+
+from balancer.errors import BadRequest
+
+RawHeaders = Sequence[tuple[bytes, bytes]]
+
+# RFC 9110 7.6.1: a proxy removes these and every header named in Connection before
+# forwarding; Proxy-Connection is its non-standard twin, still sent by old clients.
+HOP_BY_HOP = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+    }
+)
+# Replaced by the balancer's own values (SPEC §4); Expect is answered by the balancer itself.
+_REPLACED_ON_REQUEST = frozenset({b"x-forwarded-proto", b"x-forwarded-host", b"expect"})
+# The response framing is the balancer's to decide (it re-frames the body it streams).
+_FRAMING = frozenset({b"content-length"})
+
+
+def connection_tokens(raw_headers: RawHeaders) -> frozenset[bytes]:
+    """The lower-cased field names listed in every Connection header (RFC 9110 7.6.1)."""
+    tokens: set[bytes] = set()
+    for name, value in raw_headers:
+        if name.lower() == b"connection":
+            tokens.update(t.strip().lower() for t in value.split(b",") if t.strip())
+    return frozenset(tokens)
+
+
+def _dropped_names(raw_headers: RawHeaders) -> frozenset[bytes]:
+    for name, _ in raw_headers:
+        if len(name) == 10 and name.lower() == b"connection":
+            return HOP_BY_HOP | connection_tokens(raw_headers)
+    return HOP_BY_HOP
+
+
+def request_head(
+    method: str,
+    target: str,
+    raw_headers: RawHeaders,
+    *,
+    client_ip: str,
+    proto: str,
+    default_host: bytes,
+    body_framing: bytes | None,
+    upgrade: bytes | None = None,
+) -> bytes:
+    """Serialise the request head sent to a backend.
+
+    `body_framing` is the framing line for the body (`Content-Length: n` or
+    `Transfer-Encoding: chunked`) or None for no body; `upgrade` the protocol of a tunnelled
+    Upgrade request (the one exception to hop-by-hop removal, SPEC §4).
+    """
+    dropped = _dropped_names(raw_headers)
+    parts = [f"{method} {target} HTTP/1.1\r\n".encode("latin-1")]
+    forwarded_for: list[bytes] = []
+    host = b""
+    for name, value in raw_headers:
+        lname = name.lower()
+        if lname in dropped or lname in _REPLACED_ON_REQUEST or lname == b"content-length":
+            continue
+        if lname == b"x-forwarded-for":
+            forwarded_for.append(value)
+            continue
+        if lname == b"host":
+            host = value
+        parts += (name, b": ", value, b"\r\n")
+    if not host:
+        # An HTTP/1.0 client may send no Host; the backend still needs one (RFC 9112 3.2).
+        parts += (b"Host: ", default_host, b"\r\n")
+    forwarded_for.append(client_ip.encode("latin-1"))
+    parts += (b"X-Forwarded-For: ", b", ".join(forwarded_for), b"\r\n")
+    parts += (b"X-Forwarded-Proto: ", proto.encode("latin-1"), b"\r\n")
+    if host:
+        parts += (b"X-Forwarded-Host: ", host, b"\r\n")
+    if upgrade is not None:
+        parts += (b"Connection: Upgrade\r\nUpgrade: ", upgrade, b"\r\n")
+    if body_framing is not None:
+        parts += (body_framing, b"\r\n")
+    parts.append(b"\r\n")
+    return b"".join(parts)
+
+
+def response_headers(
+    raw_headers: Iterable[tuple[bytes, bytes]], *, keep_upgrade: bool = False
+) -> CIMultiDict[str]:
+    """The backend's response fields the client gets: hop-by-hop and framing removed.
+
+    Every field stays its own line, so several Set-Cookie lines are never merged (SPEC §4).
+    """
+    raw = list(raw_headers) if not isinstance(raw_headers, list) else raw_headers
+    dropped = _dropped_names(raw)
+    if keep_upgrade:
+        dropped = dropped - {b"connection", b"upgrade"}
+    headers: CIMultiDict[str] = CIMultiDict()
+    for name, value in raw:
+        lname = name.lower()
+        if lname in dropped or lname in _FRAMING:
+            continue
+        headers.add(name.decode("latin-1"), value.decode("latin-1"))
+    return headers
+
+
+def content_length(raw_headers: Iterable[tuple[bytes, bytes]]) -> int | None:
+    """The response's Content-Length, or None; the parser already rejected conflicting ones."""
+    for name, value in raw_headers:
+        if len(name) == 14 and name.lower() == b"content-length":
+            return int(value)
+    return None
+
+
+def request_body_framing(
+    version: tuple[int, int], raw_headers: RawHeaders, max_body: int
+) -> bytes | None:
+    """Check how the client framed its body; return the framing line to forward, or None.
+
+    aiohttp's C parser (llhttp, strict) already refuses CL+TE, conflicting or non-numeric
+    Content-Length, obs-fold, bad field lines and duplicate Host; this adds the rules it
+    leaves to us (RFC 9112 6.1): a Transfer-Encoding other than plain `chunked` is 501,
+    and Transfer-Encoding in an HTTP/1.0 request is faulty framing, 400.
+    """
+    length: bytes | None = None
+    encoding: bytes | None = None
+    for name, value in raw_headers:
+        n = len(name)
+        if n == 14 and name.lower() == b"content-length":
+            length = value.strip()
+        elif n == 17 and name.lower() == b"transfer-encoding":
+            encoding = value if encoding is None else encoding + b"," + value
+    if encoding is not None:
+        if version < (1, 1):
+            raise BadRequest("Transfer-Encoding in an HTTP/1.0 request")
+        if encoding.strip().lower() != b"chunked":
+            raise BadRequest("unsupported Transfer-Encoding", status=501)
+        return b"Transfer-Encoding: chunked"
+    if length is None:
+        return None
+    if max_body and int(length) > max_body:
+        raise BadRequest("request body too large", status=413)
+    return b"Content-Length: " + length

@@ -1,0 +1,113 @@
+"""Prometheus exposition, read from the live stats at scrape time.
+
+Nothing on the request path touches prometheus_client: the backends count in plain ints
+(backend.py) and this collector turns them into series when /metrics is scraped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+
+from balancer.backend import DURATION_BUCKETS, RequestStats
+from balancer.pool import Pool
+
+# The `backend` label of requests answered without one (503: nothing routable).
+NO_BACKEND = "none"
+BREAKER_STATES = {"closed": 0, "half_open": 1, "open": 2}
+
+
+class PoolCollector(Collector):
+    def __init__(self, pool: Pool) -> None:
+        self.pool = pool
+
+    def collect(self) -> Iterator[Metric]:
+        pool = self.pool
+        requests = CounterMetricFamily(
+            "balancer_requests",
+            "Requests answered, by backend and status sent to the client",
+            labels=["backend", "code"],
+        )
+        durations = HistogramMetricFamily(
+            "balancer_request_duration_seconds",
+            "Time from request to the end of the response, by backend",
+            labels=["backend"],
+        )
+        healthy = GaugeMetricFamily(
+            "balancer_backend_healthy", "1 when the backend is healthy", labels=["backend"]
+        )
+        in_flight = GaugeMetricFamily(
+            "balancer_backend_in_flight", "Requests in flight to the backend", labels=["backend"]
+        )
+        breaker = GaugeMetricFamily(
+            "balancer_circuit_breaker_state",
+            "Circuit breaker state: 0 closed, 1 half-open, 2 open",
+            labels=["backend"],
+        )
+        attempts = CounterMetricFamily(
+            "balancer_backend_attempts",
+            "Attempts sent to the backend, retries included",
+            labels=["backend"],
+        )
+        failures = CounterMetricFamily(
+            "balancer_backend_failures",
+            "Attempts that failed through the backend's fault",
+            labels=["backend"],
+        )
+        latency = GaugeMetricFamily(
+            "balancer_backend_latency_ewma_seconds",
+            "Moving average of the time to the response head",
+            labels=["backend"],
+        )
+        for backend in pool.backends:
+            name = backend.name
+            _add_requests(requests, durations, name, backend.requests)
+            healthy.add_metric([name], 1.0 if backend.state != "unhealthy" else 0.0)
+            in_flight.add_metric([name], backend.in_flight)
+            breaker.add_metric([name], BREAKER_STATES["closed"])
+            attempts.add_metric([name], backend.requests_total)
+            failures.add_metric([name], backend.failures_total)
+            latency.add_metric([name], backend.latency_ewma)
+        _add_requests(requests, durations, NO_BACKEND, pool.unrouted)
+        yield from (requests, durations, healthy, in_flight, breaker, attempts, failures, latency)
+
+
+def _add_requests(
+    requests: CounterMetricFamily,
+    durations: HistogramMetricFamily,
+    name: str,
+    stats: RequestStats,
+) -> None:
+    for code, count in sorted(stats.codes.items()):
+        requests.add_metric([name, str(code)], count)
+    if not stats.duration_count:
+        return
+    cumulative = 0
+    buckets: list[tuple[str, float]] = []
+    for bound, count in zip(DURATION_BUCKETS, stats.bucket_counts, strict=False):
+        cumulative += count
+        buckets.append((_le(bound), cumulative))
+    buckets.append(("+Inf", stats.duration_count))
+    durations.add_metric([name], buckets, stats.duration_sum)
+
+
+def _le(bound: float) -> str:
+    return repr(float(bound))
+
+
+def make_registry(pool: Pool) -> CollectorRegistry:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(PoolCollector(pool))
+    return registry
+
+
+def exposition(registry: CollectorRegistry) -> bytes:
+    return generate_latest(registry)

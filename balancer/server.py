@@ -1,0 +1,138 @@
+"""One balancer process: build the pool from config, serve, stop gracefully on a signal."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import socket
+import sys
+from collections.abc import Callable
+
+from aiohttp import web
+
+from balancer.admin import make_admin_app
+from balancer.backend import Backend
+from balancer.config import Address, Config
+from balancer.front import FrontServer
+from balancer.pool import Pool
+from balancer.proxy import Proxy, RetryBudget
+from balancer.strategies import make_strategy
+from balancer.upstream import UpstreamPool
+
+log = logging.getLogger("balancer")
+
+
+class StartupError(Exception):
+    """The balancer cannot start (a port in use, a lenient parser): exit status 1."""
+
+
+def check_parser() -> None:
+    """Refuse to serve on aiohttp's pure-Python parser: it has had most of aiohttp's
+    request-smuggling advisories, and aiohttp falls back to it silently (../shared/LAB.md)."""
+    from aiohttp import web_protocol
+
+    parser = getattr(web_protocol, "HttpRequestParser")  # noqa: B009 (not re-exported)
+    if parser.__module__ != "aiohttp._http_parser":
+        raise StartupError(
+            "aiohttp is using its pure-Python HTTP parser (C extension missing or "
+            "AIOHTTP_NO_EXTENSIONS set); refusing to serve with it"
+        )
+
+
+def build_pool(config: Config, loop: asyncio.AbstractEventLoop) -> Pool:
+    backends = tuple(
+        Backend(
+            bc,
+            UpstreamPool(
+                bc.host,
+                bc.port,
+                use_tls=bc.scheme == "https",
+                connect_timeout=config.timeouts.connect,
+                read_timeout=config.timeouts.read,
+                loop=loop,
+            ),
+        )
+        for bc in config.backends
+    )
+    return Pool(backends, make_strategy(config.strategy))
+
+
+def _url(sockname: tuple[str, int] | tuple[str, int, int, int]) -> str:
+    host, port = sockname[0], sockname[1]
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+async def _listen(runner: web.BaseRunner, address: Address, what: str) -> list[str]:
+    site = web.TCPSite(runner, address.host, address.port, reuse_address=True, backlog=1024)
+    try:
+        await site.start()
+    except OSError as exc:
+        raise StartupError(
+            f"cannot listen on {address.host}:{address.port} ({what}): {exc.strerror or exc}"
+        ) from None
+    server = site._server
+    sockets: list[socket.socket] = list(getattr(server, "sockets", None) or [])
+    return [_url(s.getsockname()) for s in sockets]
+
+
+async def serve(config: Config, *, announce: Callable[[str], None] = print) -> None:
+    """Run until SIGTERM/SIGINT, then shut down gracefully (SPEC §1)."""
+    check_parser()
+    loop = asyncio.get_running_loop()
+    pool = build_pool(config, loop)
+    proxy = Proxy(
+        pool,
+        retries=config.retries,
+        retry_budget=RetryBudget(config.retry_budget.percent, config.retry_budget.min_concurrency),
+        max_body=config.limits.max_body,
+        retry_after=max(1, round(config.health_check.interval)),
+    )
+    front = FrontServer(proxy.handle, limits=config.limits, timeouts=config.timeouts)
+    runner = web.ServerRunner(front, handle_signals=False, shutdown_timeout=config.shutdown_timeout)
+    admin_runner = web.AppRunner(
+        make_admin_app(config, pool), handle_signals=False, access_log=None
+    )
+    await runner.setup()
+    await admin_runner.setup()
+    try:
+        for url in await _listen(runner, config.listen, "proxy"):
+            announce(f"proxy listening on {url}")
+        for url in await _listen(admin_runner, config.admin.listen, "admin"):
+            announce(f"admin listening on {url}")
+        for backend in pool.backends:
+            announce(f"backend {backend.name} {backend.url} weight {backend.weight}")
+        sys.stdout.flush()
+        await _wait_for_stop(loop)
+        log.info(
+            "stopping: no new connections; waiting up to %gs for %d request(s) in flight",
+            config.shutdown_timeout,
+            pool.in_flight,
+        )
+    finally:
+        # aiohttp's cleanup is the numbered shutdown: stop accepting, close idle keep-alive
+        # connections, wait for in-flight handlers up to shutdown_timeout, cancel the rest.
+        cut: list[int] = []
+        deadline = loop.call_later(config.shutdown_timeout, lambda: cut.append(pool.in_flight))
+        await runner.cleanup()
+        deadline.cancel()
+        if cut and cut[0]:
+            log.warning("shutdown_timeout passed: cancelled %d request(s) still in flight", cut[0])
+        await admin_runner.cleanup()
+        pool.close()
+    log.info("stopped")
+
+
+async def _wait_for_stop(loop: asyncio.AbstractEventLoop) -> None:
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    # SIGHUP's default action would kill the process; reload arrives with live reload.
+    loop.add_signal_handler(
+        signal.SIGHUP, lambda: log.warning("SIGHUP: live reload is not available yet")
+    )
+    try:
+        await stop.wait()
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            loop.remove_signal_handler(sig)

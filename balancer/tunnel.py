@@ -1,0 +1,69 @@
+"""WebSocket upgrades, tunnelled end to end (SPEC §4).
+
+After the backend's 101 the balancer stops speaking HTTP on both connections and copies bytes
+each way until either side closes; it does not parse WebSocket frames.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+from aiohttp import web
+
+from balancer.backend import Attempt, Backend
+from balancer.headers import response_headers
+from balancer.upstream import ResponseHead, UpstreamConnection
+
+
+class _ClientToBackend:
+    """Takes aiohttp's place as the client connection's payload parser: bytes go to the backend."""
+
+    def __init__(self, conn: UpstreamConnection, closed: asyncio.Future[None]) -> None:
+        self._conn = conn
+        self._closed = closed
+
+    def feed_data(self, data: bytes) -> tuple[bool, bytes]:
+        transport = self._conn.transport
+        if transport is not None:
+            transport.write(data)
+        return False, b""
+
+    def feed_eof(self) -> None:
+        if not self._closed.done():
+            self._closed.set_result(None)
+
+
+async def relay(
+    request: web.BaseRequest,
+    conn: UpstreamConnection,
+    head: ResponseHead,
+    attempt: Attempt,
+    finish: Callable[[Backend | None, int, float], None],
+) -> web.StreamResponse:
+    response = web.StreamResponse(
+        status=101,
+        reason=head.reason or None,
+        headers=response_headers(head.raw_headers, keep_upgrade=True),
+    )
+    await response.prepare(request)
+    await response.write(b"")  # flush the 101 head now: what follows is not HTTP
+    client = request.transport
+    closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def from_backend(data: bytes) -> None:
+        if data and client is not None and not client.is_closing():
+            client.write(data)
+        elif not data and not closed.done():
+            closed.set_result(None)
+
+    conn.start_tunnel(from_backend)
+    request.protocol.set_parser(_ClientToBackend(conn, closed))  # type: ignore[arg-type]
+    finish(attempt.backend, 101, attempt.started)
+    try:
+        await closed
+    finally:
+        conn.close()
+        response.force_close()
+        request.protocol.force_close()
+    return response

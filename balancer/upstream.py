@@ -1,0 +1,393 @@
+"""Keep-alive HTTP/1.1 connections to one backend, parsed with httptools (llhttp, strict).
+
+aiohttp's ClientSession costs ~100 us of Python per request (../shared/LAB.md); this is the
+small protocol that replaces it on the hot path. One request at a time per connection, no
+pipelining. A connection goes back to the pool only after a complete, cleanly framed,
+keep-alive response; after any doubt (short body, timeout, parse error, bytes outside a
+response, HEAD) it is closed, never reused (Go's CVE-2024-24791 is that bug).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections import deque
+from collections.abc import Callable
+from typing import NamedTuple
+
+import httptools
+
+from balancer.errors import (
+    BackendDropped,
+    BackendTimeout,
+    BadBackendResponse,
+    ConnectFailed,
+    ProxyError,
+)
+
+# Response bytes buffered from a backend before we stop reading it (the client is slower).
+HIGH_WATER = 256 * 1024
+# A pooled connection idle longer than this is closed rather than reused: many app servers
+# close idle keep-alive connections after a few seconds (gunicorn: 2 s), and reusing one they
+# are about to close turns a request into a 502.
+IDLE_REUSE_SECONDS = 1.5
+MAX_IDLE_CONNECTIONS = 256
+
+
+class ResponseHead(NamedTuple):
+    status: int
+    reason: str
+    raw_headers: list[tuple[bytes, bytes]]
+    keep_alive: bool
+
+
+class UpstreamConnection(asyncio.Protocol):
+    """One connection to a backend; its state is per response, reset by `send_head`."""
+
+    def __init__(self, pool: UpstreamPool) -> None:
+        self._pool = pool
+        self._loop = pool.loop
+        self.transport: asyncio.Transport | None = None
+        self._parser = httptools.HttpResponseParser(self)
+        self._error: ProxyError | None = None
+        self._waiter: asyncio.Future[None] | None = None
+        self._drain_waiter: asyncio.Future[None] | None = None
+        self._writing_paused = False
+        self._reading_paused = False
+        self._timer: asyncio.TimerHandle | None = None
+        self._last_read = 0.0
+        self.idle_since = 0.0
+        self.reusable = True
+        self._busy = False
+        # per response
+        self._raw_headers: list[tuple[bytes, bytes]] = []
+        self._reason = b""
+        self._informational = False
+        self._head: ResponseHead | None = None
+        self._body: deque[bytes] = deque()
+        self._buffered = 0
+        self.complete = False
+        self._skip_body = False
+        self._until_eof = False
+        # a tunnelled Upgrade: raw bytes from the backend go here
+        self.upgraded_tail = b""
+        self._tunnel: Callable[[bytes], None] | None = None
+
+    def __repr__(self) -> str:
+        state = "busy" if self._busy else "idle"
+        return f"<UpstreamConnection {self._pool.address} {state} reusable={self.reusable}>"
+
+    # -- asyncio.Protocol -------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+        self.reusable = False
+        self._pool.forget(self)
+        if self._tunnel is not None:
+            self._tunnel(b"")
+            return
+        if self._head is not None and self._until_eof and not self.complete and exc is None:
+            self.complete = True  # a close-delimited body ends here (RFC 9112 6.3 item 8)
+        elif not self.complete and self._busy:
+            self._fail(BackendDropped("backend closed the connection" if exc is None else str(exc)))
+        self._wake()
+        if self._drain_waiter is not None and not self._drain_waiter.done():
+            self._drain_waiter.set_result(None)
+
+    def data_received(self, data: bytes) -> None:
+        self._last_read = self._loop.time()
+        if self._tunnel is not None:
+            self._tunnel(data)
+            return
+        if not self._busy or self.complete:
+            # Bytes outside any response: the framing can no longer be trusted.
+            self.close()
+            return
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade as upgrade:
+            self.upgraded_tail = data[upgrade.args[0] :]
+        except httptools.HttpParserError as exc:
+            self._fail(BadBackendResponse(f"invalid response from backend: {exc}"))
+            self.close()
+
+    def pause_writing(self) -> None:
+        self._writing_paused = True
+
+    def resume_writing(self) -> None:
+        self._writing_paused = False
+        if self._drain_waiter is not None and not self._drain_waiter.done():
+            self._drain_waiter.set_result(None)
+
+    # -- httptools callbacks ---------------------------------------------------------
+    def on_message_begin(self) -> None:
+        self._raw_headers = []
+        self._reason = b""
+
+    def on_status(self, reason: bytes) -> None:
+        self._reason += reason
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._raw_headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        status = self._parser.get_status_code()
+        if 100 <= status < 200 and status != 101:
+            # An interim response (100, 103): never taken for the final one (SPEC §4).
+            self._informational = True
+            return
+        raw = self._raw_headers
+        self._head = ResponseHead(
+            status, _reason(self._reason), raw, bool(self._parser.should_keep_alive())
+        )
+        if self._skip_body:
+            # llhttp cannot be told that a response answers HEAD, so it would wait for the
+            # Content-Length bytes that never come: finish here and never reuse this parser.
+            self.complete = True
+            self.reusable = False
+        elif status not in (204, 304) and status != 101:
+            self._until_eof = not any(
+                n.lower() in (b"content-length", b"transfer-encoding") for n, _ in raw
+            )
+            if self._until_eof:
+                self.reusable = False
+        if not self._head.keep_alive:
+            self.reusable = False
+        self._wake()
+
+    def on_body(self, body: bytes) -> None:
+        if self._skip_body:
+            return
+        self._body.append(body)
+        self._buffered += len(body)
+        if self._buffered > HIGH_WATER and not self._reading_paused and self.transport:
+            self._reading_paused = True
+            self.transport.pause_reading()
+        self._wake()
+
+    def on_message_complete(self) -> None:
+        if self._informational:
+            self._informational = False
+            return
+        self.complete = True
+        self._wake()
+
+    # -- used by the proxy -----------------------------------------------------------
+    def send_head(self, head: bytes, method: str) -> None:
+        """Start a request: reset the per-response state and write the head."""
+        assert self.transport is not None
+        self._busy = True
+        self._head = None
+        self._body.clear()
+        self._buffered = 0
+        self.complete = False
+        self._skip_body = method == "HEAD"
+        self.transport.write(head)
+
+    async def write(self, data: bytes) -> None:
+        """Write request body bytes, waiting while the backend's socket buffer is full."""
+        transport = self.transport
+        if transport is None or self._error is not None:
+            raise self._error or BackendDropped("backend closed the connection")
+        transport.write(data)
+        if self._writing_paused:
+            self._drain_waiter = self._loop.create_future()
+            try:
+                await self._drain_waiter
+            finally:
+                self._drain_waiter = None
+
+    def request_sent(self) -> None:
+        """The whole request is out: from now on timeouts.read counts."""
+        if self._timer is None and not self.complete:
+            self._last_read = self._loop.time()
+            self._timer = self._loop.call_later(self._pool.read_timeout, self._on_timer)
+
+    @property
+    def head_arrived(self) -> bool:
+        return self._head is not None or self._error is not None
+
+    async def read_head(self) -> ResponseHead:
+        while self._head is None:
+            if self._error is not None:
+                raise self._error
+            await self._wait()
+        return self._head
+
+    async def read_chunk(self) -> bytes:
+        """The next response body bytes, b"" at the end of the body."""
+        while True:
+            body = self._body
+            if body:
+                chunk = body.popleft() if len(body) == 1 else b"".join(body)
+                body.clear()
+                self._buffered = 0
+                if self._reading_paused and self.transport is not None:
+                    self._reading_paused = False
+                    self.transport.resume_reading()
+                return chunk
+            if self.complete:
+                return b""
+            if self._error is not None:
+                raise self._error
+            await self._wait()
+
+    def take_body(self) -> bytes:
+        """The whole buffered body of a complete response."""
+        body = self._body
+        if not body:
+            return b""
+        data = body[0] if len(body) == 1 else b"".join(body)
+        body.clear()
+        self._buffered = 0
+        return data
+
+    def start_tunnel(self, sink: Callable[[bytes], None]) -> None:
+        """Hand every further byte from the backend to `sink` (b"" at close)."""
+        self._cancel_timer()
+        self.reusable = False
+        self._tunnel = sink
+        if self.upgraded_tail:
+            sink(self.upgraded_tail)
+            self.upgraded_tail = b""
+
+    def finish(self) -> None:
+        """The response was consumed: pool the connection if it is clean, else close it."""
+        self._cancel_timer()
+        self._busy = False
+        if self.reusable and self.complete and self._error is None and self.transport:
+            self._pool.release(self)
+        else:
+            self.close()
+
+    def close(self) -> None:
+        self._cancel_timer()
+        self.reusable = False
+        if self.transport is not None:
+            self.transport.close()
+            self.transport = None
+
+    # -- internals --------------------------------------------------------------------
+    def _fail(self, error: ProxyError) -> None:
+        if self._error is None:
+            self._error = error
+        self.reusable = False
+        self._wake()
+
+    async def _wait(self) -> None:
+        self._waiter = self._loop.create_future()
+        try:
+            await self._waiter
+        finally:
+            self._waiter = None
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        if self.complete or self._error is not None or self._tunnel is not None:
+            return
+        timeout = self._pool.read_timeout
+        idle = self._loop.time() - self._last_read
+        if self._reading_paused:
+            idle = 0.0  # the client is slow, not the backend
+        if idle < timeout:
+            self._timer = self._loop.call_later(timeout - idle, self._on_timer)
+            return
+        self._fail(BackendTimeout(f"backend sent nothing for {timeout:g}s"))
+        self.close()
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+
+def _reason(raw: bytes) -> str:
+    text = raw.decode("latin-1")
+    return text if text.isprintable() else ""
+
+
+class UpstreamPool:
+    """Idle keep-alive connections to one backend, most recently used first."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        use_tls: bool,
+        connect_timeout: float,
+        read_timeout: float,
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.address = f"{host}:{port}"
+        self.loop = loop
+        self.connect_timeout = connect_timeout
+        self.read_timeout = read_timeout
+        self._ssl: ssl.SSLContext | None = ssl.create_default_context() if use_tls else None
+        self._idle: list[UpstreamConnection] = []
+        self._open: set[UpstreamConnection] = set()
+
+    def __repr__(self) -> str:
+        return (
+            f"<UpstreamPool {self.address} [Connections: {len(self._open) - len(self._idle)} "
+            f"active, {len(self._idle)} idle]>"
+        )
+
+    @property
+    def idle_count(self) -> int:
+        return len(self._idle)
+
+    async def acquire(self) -> UpstreamConnection:
+        idle = self._idle
+        if idle:
+            now = self.loop.time()
+            while idle:
+                conn = idle.pop()
+                if conn.transport is not None and now - conn.idle_since < IDLE_REUSE_SECONDS:
+                    return conn
+                conn.close()
+        return await self._connect()
+
+    async def _connect(self) -> UpstreamConnection:
+        try:
+            async with asyncio.timeout(self.connect_timeout):
+                _, conn = await self.loop.create_connection(
+                    lambda: UpstreamConnection(self), self.host, self.port, ssl=self._ssl
+                )
+        except TimeoutError:
+            raise ConnectFailed(
+                f"no connection to {self.address} within {self.connect_timeout:g}s"
+            ) from None
+        except OSError as exc:
+            raise ConnectFailed(
+                f"cannot connect to {self.address}: {exc.strerror or exc}"
+            ) from None
+        self._open.add(conn)
+        return conn
+
+    def release(self, conn: UpstreamConnection) -> None:
+        if len(self._idle) >= MAX_IDLE_CONNECTIONS:
+            conn.close()
+            return
+        conn.idle_since = self.loop.time()
+        self._idle.append(conn)
+
+    def forget(self, conn: UpstreamConnection) -> None:
+        """A connection closed: drop it from the pool."""
+        self._open.discard(conn)
+        if conn in self._idle:
+            self._idle.remove(conn)
+
+    def close(self) -> None:
+        for conn in list(self._open):
+            conn.close()
+        self._idle.clear()
