@@ -336,14 +336,18 @@ def _expand(text: str, env: Mapping[str, str]) -> str:
     return _ENV_REF.sub(one, text)
 
 
-def _value(walk: _Walk, node: yaml.Node, path: str, text: bool = False) -> Any:
+def _value(walk: _Walk, node: yaml.Node, path: str, text: bool = False, top: bool = True) -> Any:
     """The Python value of a node, environment expanded; `_BAD` after reporting a problem.
 
     With `text`, a scalar other than null is its text as written, whatever YAML 1.1 would
-    make of it: `mode: off`, `token: 123456` and `token: ${TOKEN}` are all text.
+    make of it: `mode: off`, `token: 123456` and `token: ${TOKEN}` are all text. Only lists
+    of scalars are read: a deeper shape (or a recursive alias) stays an empty list, which
+    the checks report by its type.
     """
     if isinstance(node, yaml.SequenceNode):
-        items = [_value(walk, one, f"{path}[{i}]", text) for i, one in enumerate(node.value)]
+        if not top:
+            return []
+        items = [_value(walk, one, f"{path}[{i}]", text, False) for i, one in enumerate(node.value)]
         return _BAD if any(item is _BAD for item in items) else items
     if not isinstance(node, yaml.ScalarNode):
         return {}  # no check takes a mapping: they report it by its type

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-from multidict import CIMultiDict
-
 from balancer.errors import BadRequest
 
 RawHeaders = Sequence[tuple[bytes, bytes]]
@@ -29,8 +27,6 @@ HOP_BY_HOP = frozenset(
 )
 # Replaced by the balancer's own values (SPEC §4); Expect is answered by the balancer itself.
 _REPLACED_ON_REQUEST = frozenset({b"x-forwarded-proto", b"x-forwarded-host", b"expect"})
-# The response framing is the balancer's to decide (it re-frames the body it streams).
-_FRAMING = frozenset({b"content-length"})
 
 
 def connection_tokens(raw_headers: RawHeaders) -> frozenset[bytes]:
@@ -94,26 +90,6 @@ def request_head(
         parts += (body_framing, b"\r\n")
     parts.append(b"\r\n")
     return b"".join(parts)
-
-
-def response_headers(
-    raw_headers: Iterable[tuple[bytes, bytes]], *, keep_upgrade: bool = False
-) -> CIMultiDict[str]:
-    """The backend's response fields the client gets: hop-by-hop and framing removed.
-
-    Every field stays its own line, so several Set-Cookie lines are never merged (SPEC §4).
-    """
-    raw = list(raw_headers) if not isinstance(raw_headers, list) else raw_headers
-    dropped = _dropped_names(raw)
-    if keep_upgrade:
-        dropped = dropped - {b"connection", b"upgrade"}
-    headers: CIMultiDict[str] = CIMultiDict()
-    for name, value in raw:
-        lname = name.lower()
-        if lname in dropped or lname in _FRAMING:
-            continue
-        headers.add(name.decode("latin-1"), value.decode("latin-1"))
-    return headers
 
 
 def content_length(raw_headers: Iterable[tuple[bytes, bytes]]) -> int | None:

@@ -18,20 +18,29 @@ import time
 from collections.abc import Callable
 from http import HTTPStatus
 
-from aiohttp import web
+from aiohttp import HttpVersion, web
 
 from balancer import tunnel
 from balancer.backend import Attempt, Backend
-from balancer.errors import BackendTimeout, BadRequest, NoBackendAvailable, ProxyError
-from balancer.headers import content_length, request_body_framing, request_head, response_headers
+from balancer.errors import (
+    BackendTimeout,
+    BadBackendResponse,
+    BadRequest,
+    ClientGone,
+    NoBackendAvailable,
+    ProxyError,
+)
+from balancer.headers import content_length, request_body_framing, request_head
 from balancer.pool import Pool
-from balancer.upstream import UpstreamConnection
+from balancer.response import CHUNKED_END, Sent, chunk, has_body
+from balancer.response import response_head as response_head_bytes
+from balancer.upstream import ResponseHead, UpstreamConnection
 
 log = logging.getLogger("balancer.proxy")
 
 # RFC 9110 9.2.2: methods whose repetition has the same effect as one request.
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
-NO_BODY_STATUSES = frozenset({204, 304})
+HTTP11 = HttpVersion(1, 1)
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
@@ -67,7 +76,7 @@ class Proxy:
         self.proto = proto
         self.clock = clock
 
-    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+    async def handle(self, request: web.BaseRequest) -> web.StreamResponse | Sent:
         started = self.clock()
         raw_headers = request.raw_headers
         method = request.method
@@ -100,6 +109,9 @@ class Proxy:
                 tried.append(backend)
                 try:
                     return await self._attempt(backend, request, head, framing, websocket, started)
+                except ClientGone as exc:
+                    self._finish(backend, exc.status, started)  # 499, as nginx logs it
+                    return Sent(exc.status, keep_alive=False)
                 except ProxyError as exc:
                     last_error = exc
                     if not self._may_retry(exc, method, framing, len(tried)):
@@ -133,7 +145,7 @@ class Proxy:
         framing: bytes | None,
         websocket: bytes | None,
         started: float,
-    ) -> web.StreamResponse:
+    ) -> Sent:
         with backend.attempt() as attempt:
             conn = await backend.upstream.acquire()
             upload: asyncio.Task[None] | None = None
@@ -145,19 +157,19 @@ class Proxy:
                     upload = asyncio.ensure_future(_upload(request, conn, framing))
                 response_head = await conn.read_head()
                 attempt.head_received()
+                client_keep_alive = request.keep_alive
                 if upload is not None and not upload.done():
                     # The backend answered before it had the whole body: never reuse this
-                    # connection; the client connection closes too (its body is unread).
+                    # connection; the client's closes after the answer (its body is unread).
                     conn.reusable = False
                     upload.cancel()
-                    request.protocol.force_close()
-                status = response_head.status
-                if status == 101:
+                    client_keep_alive = False
+                if response_head.status == 101:
                     if websocket is None:
-                        raise ProxyError("backend switched protocols unasked")
+                        raise BadBackendResponse("backend switched protocols unasked")
                     return await tunnel.relay(request, conn, response_head, attempt, self._finish)
-                response = await self._relay(
-                    request, conn, response_head, attempt, started, backend
+                sent = await self._relay(
+                    request, conn, response_head, attempt, backend, started, client_keep_alive
                 )
             except BaseException:
                 conn.close()
@@ -169,57 +181,98 @@ class Proxy:
                     with contextlib.suppress(BaseException):
                         await upload
             conn.finish()
-            return response
+            return sent
 
     async def _relay(
         self,
         request: web.BaseRequest,
         conn: UpstreamConnection,
-        response_head: tuple[int, str, list[tuple[bytes, bytes]], bool],
+        response_head: ResponseHead,
         attempt: Attempt,
-        started: float,
         backend: Backend,
-    ) -> web.StreamResponse:
+        started: float,
+        keep_alive: bool,
+    ) -> Sent:
+        """Send the response to the client: whole when it is all here, else streamed."""
         status, reason, raw, _ = response_head
-        headers = response_headers(raw)
-        reason_or_none = reason or None
-        if request.method == "HEAD" or status in NO_BODY_STATUSES:
-            response = web.StreamResponse(status=status, reason=reason_or_none, headers=headers)
-            length = content_length(raw)
-            if length is not None and status != 204:
-                response.content_length = length  # the size of what GET would give
-            self._finish(backend, status, started)
-            return response
-        if conn.complete:
-            # The whole (small) body is here already: one write, one Content-Length.
-            response = web.Response(
-                status=status, reason=reason_or_none, headers=headers, body=conn.take_body()
+        transport = request.transport
+        if transport is None or transport.is_closing():
+            raise ClientGone()
+        method = request.method
+        http10 = request.version < HTTP11
+        if not has_body(method, status):
+            transport.write(
+                response_head_bytes(
+                    status,
+                    reason,
+                    raw,
+                    http10=http10,
+                    keep_alive=keep_alive,
+                    framing=None,
+                    length_for_head=status != 204,
+                )
             )
             self._finish(backend, status, started)
-            return response
-        response = web.StreamResponse(status=status, reason=reason_or_none, headers=headers)
-        response.content_length = content_length(raw)
-        await response.prepare(request)
+            return Sent(status, keep_alive)
+        if conn.complete:
+            body = conn.take_body()
+            head = response_head_bytes(
+                status,
+                reason,
+                raw,
+                http10=http10,
+                keep_alive=keep_alive,
+                framing=b"Content-Length: %d" % len(body),
+            )
+            transport.writelines((head, body))
+            self._finish(backend, status, started)
+            return Sent(status, keep_alive)
+        length = content_length(raw)
+        chunked = False
+        framing: bytes | None
+        if length is not None:
+            framing = b"Content-Length: %d" % length
+        elif not http10:
+            framing, chunked = b"Transfer-Encoding: chunked", True
+        else:
+            framing, keep_alive = None, False  # HTTP/1.0: the end of the body is the close
+        transport.write(
+            response_head_bytes(
+                status, reason, raw, http10=http10, keep_alive=keep_alive, framing=framing
+            )
+        )
+        writer = request.writer
         try:
-            while chunk := await conn.read_chunk():
-                await response.write(chunk)
+            while data := await conn.read_chunk():
+                if transport.is_closing():
+                    raise ClientGone()
+                if chunked:
+                    transport.writelines(chunk(data))
+                else:
+                    transport.write(data)
+                await writer.drain()
         except ProxyError as exc:
             # The head went out already: the only honest signal left is to cut the
             # connection, so the client sees a short body or a missing last chunk.
-            attempt.failed = True
-            log.warning(
-                "%s %s: %s dropped mid-response: %s",
-                request.method,
-                request.raw_path,
-                backend.name,
-                exc,
-            )
-            request.protocol.force_close()
+            if exc.backend_failure:
+                attempt.failed = True
+                log.warning(
+                    "%s %s: %s failed mid-response: %s",
+                    method,
+                    request.raw_path,
+                    backend.name,
+                    exc,
+                )
             conn.close()
+            keep_alive = False
+        except ConnectionError:
+            conn.close()  # the client went away: nobody to answer
+            keep_alive = False
         else:
-            await response.write_eof()
+            if chunked:
+                transport.write(CHUNKED_END)
         self._finish(backend, status, started)
-        return response
+        return Sent(status, keep_alive)
 
     def _finish(self, backend: Backend | None, status: int, started: float) -> None:
         stats = backend.requests if backend is not None else self.pool.unrouted

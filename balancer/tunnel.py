@@ -12,7 +12,8 @@ from collections.abc import Callable
 from aiohttp import web
 
 from balancer.backend import Attempt, Backend
-from balancer.headers import response_headers
+from balancer.errors import ClientGone
+from balancer.response import Sent, response_head
 from balancer.upstream import ResponseHead, UpstreamConnection
 
 
@@ -40,15 +41,21 @@ async def relay(
     head: ResponseHead,
     attempt: Attempt,
     finish: Callable[[Backend | None, int, float], None],
-) -> web.StreamResponse:
-    response = web.StreamResponse(
-        status=101,
-        reason=head.reason or None,
-        headers=response_headers(head.raw_headers, keep_upgrade=True),
-    )
-    await response.prepare(request)
-    await response.write(b"")  # flush the 101 head now: what follows is not HTTP
+) -> Sent:
     client = request.transport
+    if client is None or client.is_closing():
+        raise ClientGone()
+    client.write(
+        response_head(
+            101,
+            head.reason or "Switching Protocols",
+            head.raw_headers,
+            http10=False,
+            keep_alive=True,
+            framing=None,
+            keep_upgrade=True,
+        )
+    )
     closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     def from_backend(data: bytes) -> None:
@@ -64,6 +71,5 @@ async def relay(
         await closed
     finally:
         conn.close()
-        response.force_close()
         request.protocol.force_close()
-    return response
+    return Sent(101, keep_alive=False)

@@ -853,3 +853,22 @@ def test_summary_mentions_each_backend() -> None:
         assert expected in text_summary
     assert "pw" not in text_summary
     assert len(text_summary.splitlines()) < 25
+
+
+@pytest.mark.parametrize(
+    ("section", "pick", "expected"),
+    [
+        ("admin:\n  token: 123456\n", lambda c: c.admin.token, "123456"),
+        ("admin:\n  token: yes\n", lambda c: c.admin.token, "yes"),
+        ("admin:\n  token:\n", lambda c: c.admin.token, ""),
+        ("hash:\n  on: cookie\n  name: on\n", lambda c: c.hash.name, "on"),
+        ("health_check:\n  path: /ok\n", lambda c: c.health_check.path, "/ok"),
+    ],
+)
+def test_text_fields_take_the_text_as_written(section: str, pick: Any, expected: str) -> None:
+    assert pick(parse(with_section(section))) == expected
+
+
+def test_recursive_alias_is_a_problem_not_a_hang() -> None:
+    text = with_section("cache:\n  paths: &a [/x, *a]\n")
+    assert only_problem(text) == "balancer.yaml:4: cache.paths: expected text, got a list"
