@@ -70,8 +70,13 @@ class FrontHandler(RequestHandler):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
-        if not self._awaiting_head():
-            super().data_received(data)
+        payload = self._last_payload
+        if (
+            self._upgraded
+            or self._payload_parser is not None
+            or (payload is not None and not payload.is_eof())
+        ):
+            super().data_received(data)  # a body or a tunnel, not a head
             return
         if not self._head_bytes:
             self._head_start = data

@@ -98,14 +98,16 @@ class Proxy:
             upgrade=websocket,
         )
         tried: list[Backend] = []
-        last_error: ProxyError = NoBackendAvailable()
+        last_error: ProxyError | None = None
         retrying = False
         try:
             while True:
                 backend = pool.pick(tried)
                 if backend is None:
                     # After a failed attempt the answer is that attempt's (SPEC §4).
-                    return self._answer_error(last_error, tried[-1] if tried else None, started)
+                    return self._answer_error(
+                        last_error or NoBackendAvailable(), tried[-1] if tried else None, started
+                    )
                 tried.append(backend)
                 try:
                     return await self._attempt(backend, request, head, framing, websocket, started)
@@ -147,7 +149,8 @@ class Proxy:
         started: float,
     ) -> Sent:
         with backend.attempt() as attempt:
-            conn = await backend.upstream.acquire()
+            upstream = backend.upstream
+            conn = upstream.take_idle() or await upstream.connect()
             upload: asyncio.Task[None] | None = None
             try:
                 conn.send_head(head, request.method)
@@ -168,9 +171,14 @@ class Proxy:
                     if websocket is None:
                         raise BadBackendResponse("backend switched protocols unasked")
                     return await tunnel.relay(request, conn, response_head, attempt, self._finish)
-                sent = await self._relay(
-                    request, conn, response_head, attempt, backend, started, client_keep_alive
-                )
+                if conn.complete or not has_body(request.method, response_head.status):
+                    sent = self._respond_now(
+                        request, conn, response_head, backend, started, client_keep_alive
+                    )
+                else:
+                    sent = await self._stream(
+                        request, conn, response_head, attempt, backend, started, client_keep_alive
+                    )
             except BaseException:
                 conn.close()
                 raise
@@ -183,38 +191,22 @@ class Proxy:
             conn.finish()
             return sent
 
-    async def _relay(
+    def _respond_now(
         self,
         request: web.BaseRequest,
         conn: UpstreamConnection,
         response_head: ResponseHead,
-        attempt: Attempt,
         backend: Backend,
         started: float,
         keep_alive: bool,
     ) -> Sent:
-        """Send the response to the client: whole when it is all here, else streamed."""
+        """Send a response that is all here already (or has no body): one write."""
         status, reason, raw, _ = response_head
         transport = request.transport
         if transport is None or transport.is_closing():
             raise ClientGone()
-        method = request.method
         http10 = request.version < HTTP11
-        if not has_body(method, status):
-            transport.write(
-                response_head_bytes(
-                    status,
-                    reason,
-                    raw,
-                    http10=http10,
-                    keep_alive=keep_alive,
-                    framing=None,
-                    length_for_head=status != 204,
-                )
-            )
-            self._finish(backend, status, started)
-            return Sent(status, keep_alive)
-        if conn.complete:
+        if has_body(request.method, status):
             body = conn.take_body()
             head = response_head_bytes(
                 status,
@@ -225,8 +217,37 @@ class Proxy:
                 framing=b"Content-Length: %d" % len(body),
             )
             transport.writelines((head, body))
-            self._finish(backend, status, started)
-            return Sent(status, keep_alive)
+        else:
+            head = response_head_bytes(
+                status,
+                reason,
+                raw,
+                http10=http10,
+                keep_alive=keep_alive,
+                framing=None,
+                length_for_head=status != 204,
+            )
+            transport.write(head)
+        self._finish(backend, status, started)
+        return Sent(status, keep_alive)
+
+    async def _stream(
+        self,
+        request: web.BaseRequest,
+        conn: UpstreamConnection,
+        response_head: ResponseHead,
+        attempt: Attempt,
+        backend: Backend,
+        started: float,
+        keep_alive: bool,
+    ) -> Sent:
+        """Stream a response body to the client as it arrives, re-framed."""
+        status, reason, raw, _ = response_head
+        transport = request.transport
+        if transport is None or transport.is_closing():
+            raise ClientGone()
+        method = request.method
+        http10 = request.version < HTTP11
         length = content_length(raw)
         chunked = False
         framing: bytes | None

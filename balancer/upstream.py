@@ -56,6 +56,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._reading_paused = False
         self._timer: asyncio.TimerHandle | None = None
         self._last_read = 0.0
+        self._waiting = False  # a request is out and its response not complete
         self.idle_since = 0.0
         self.reusable = True
         self._busy = False
@@ -125,12 +126,15 @@ class UpstreamConnection(asyncio.Protocol):
     def on_message_begin(self) -> None:
         self._raw_headers = []
         self._reason = b""
+        self._until_eof = True  # until a framing field says otherwise
 
     def on_status(self, reason: bytes) -> None:
         self._reason += reason
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._raw_headers.append((name, value))
+        if len(name) in (14, 17) and name.lower() in (b"content-length", b"transfer-encoding"):
+            self._until_eof = False
 
     def on_headers_complete(self) -> None:
         status = self._parser.get_status_code()
@@ -147,12 +151,10 @@ class UpstreamConnection(asyncio.Protocol):
             # Content-Length bytes that never come: finish here and never reuse this parser.
             self.complete = True
             self.reusable = False
-        elif status not in (204, 304) and status != 101:
-            self._until_eof = not any(
-                n.lower() in (b"content-length", b"transfer-encoding") for n, _ in raw
-            )
-            if self._until_eof:
-                self.reusable = False
+        elif status in (204, 304, 101):
+            self._until_eof = False
+        elif self._until_eof:
+            self.reusable = False  # RFC 9112 6.3: the body ends when the backend closes
         if not self._head.keep_alive:
             self.reusable = False
         self._wake()
@@ -200,9 +202,14 @@ class UpstreamConnection(asyncio.Protocol):
                 self._drain_waiter = None
 
     def request_sent(self) -> None:
-        """The whole request is out: from now on timeouts.read counts."""
-        if self._timer is None and not self.complete:
-            self._last_read = self._loop.time()
+        """The whole request is out: from now on timeouts.read counts.
+
+        The timer is armed once and re-armed by itself while the connection is busy, not
+        per request: a call_later and a cancel per request cost more than the check.
+        """
+        self._last_read = self._loop.time()
+        self._waiting = True
+        if self._timer is None:
             self._timer = self._loop.call_later(self._pool.read_timeout, self._on_timer)
 
     @property
@@ -255,8 +262,8 @@ class UpstreamConnection(asyncio.Protocol):
 
     def finish(self) -> None:
         """The response was consumed: pool the connection if it is clean, else close it."""
-        self._cancel_timer()
         self._busy = False
+        self._waiting = False
         if self.reusable and self.complete and self._error is None and self.transport:
             self._pool.release(self)
         else:
@@ -290,8 +297,8 @@ class UpstreamConnection(asyncio.Protocol):
 
     def _on_timer(self) -> None:
         self._timer = None
-        if self.complete or self._error is not None or self._tunnel is not None:
-            return
+        if not self._waiting or self.complete or self._error is not None or self._tunnel:
+            return  # not waiting on the backend: re-armed by the next request_sent
         timeout = self._pool.read_timeout
         idle = self._loop.time() - self._last_read
         if self._reading_paused:
@@ -347,6 +354,10 @@ class UpstreamPool:
         return len(self._idle)
 
     async def acquire(self) -> UpstreamConnection:
+        return self.take_idle() or await self.connect()
+
+    def take_idle(self) -> UpstreamConnection | None:
+        """The most recently used idle connection still fit for reuse, or None."""
         idle = self._idle
         if idle:
             now = self.loop.time()
@@ -355,9 +366,10 @@ class UpstreamPool:
                 if conn.transport is not None and now - conn.idle_since < IDLE_REUSE_SECONDS:
                     return conn
                 conn.close()
-        return await self._connect()
+        return None
 
-    async def _connect(self) -> UpstreamConnection:
+    async def connect(self) -> UpstreamConnection:
+        """A new connection, within timeouts.connect."""
         try:
             async with asyncio.timeout(self.connect_timeout):
                 _, conn = await self.loop.create_connection(
