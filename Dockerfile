@@ -5,7 +5,9 @@ FROM python:3.12-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
-    BALANCER_CONFIG=/etc/balancer/balancer.yaml
+    BALANCER_CONFIG=/etc/balancer/balancer.yaml \
+    BALANCER_LISTEN=0.0.0.0:8080 \
+    BALANCER_ADMIN_LISTEN=0.0.0.0:9090
 
 WORKDIR /app
 COPY pyproject.toml README.md ./
@@ -17,9 +19,9 @@ COPY balancer.yaml /etc/balancer/balancer.yaml
 
 USER balancer
 EXPOSE 8080 9090
-# The admin API answers /health/live while the process runs (SPEC §3). In a container the
-# admin listener must be reachable inside it: keep admin.listen on 127.0.0.1 or 0.0.0.0.
+# The admin API answers /health/live while the process runs (SPEC §3); it must listen on
+# port 9090 inside the container (or change the URL here).
 HEALTHCHECK --interval=10s --timeout=3s --start-period=5s --retries=3 \
-    CMD python -c "import os,sys,urllib.request; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:' + os.environ.get('BALANCER_ADMIN_PORT', '9090') + '/health/live', timeout=2).status == 200 else 1)"
+    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:9090/health/live', timeout=2)"]
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["balancer"]

@@ -102,3 +102,11 @@ def test_shipped_example_config_is_valid() -> None:
     root = Path(__file__).resolve().parent.parent
     result = run("--check", "-c", str(root / "balancer.yaml"))
     assert result.returncode == 0, result.stderr
+
+
+def test_refuses_to_serve_on_aiohttps_lenient_python_parser(tmp_path: Path) -> None:
+    path = tmp_path / "ok.yaml"
+    path.write_text(VALID)
+    result = run("-c", str(path), env={"AIOHTTP_NO_EXTENSIONS": "1"})
+    assert result.returncode == 1
+    assert "pure-Python HTTP parser" in result.stderr

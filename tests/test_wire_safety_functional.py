@@ -146,3 +146,18 @@ async def test_kept_alive_connection_counts_from_the_heads_first_byte(
         assert (await read_response(reader)).status == 200
     finally:
         writer.close()
+
+
+async def test_idle_kept_alive_connection_closes_after_client_idle(
+    backends: list[Backend], balancer_factory: StartBalancer
+) -> None:
+    balancer = await balancer_factory([b.url for b in backends], "timeouts:\n  client_idle: 1s\n")
+    reader, writer = await asyncio.open_connection(*balancer.host_port)
+    try:
+        writer.write(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        assert (await read_response(reader)).status == 200
+        started = time.monotonic()
+        assert await asyncio.wait_for(reader.read(), 5) == b""  # EOF: the balancer closed it
+        assert 0.5 < time.monotonic() - started < 3.5
+    finally:
+        writer.close()
