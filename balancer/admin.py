@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from typing import Any
@@ -10,10 +11,14 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from balancer import __version__
-from balancer.backend import Backend
+from balancer.backend import Backend, Mode
 from balancer.config import Config
 from balancer.metrics import exposition, make_registry
 from balancer.pool import Pool
+
+log = logging.getLogger("balancer.admin")
+
+MODES: dict[str, Mode] = {"drain": "draining", "disable": "disabled", "enable": "enabled"}
 
 
 def backend_status(backend: Backend) -> dict[str, Any]:
@@ -22,11 +27,21 @@ def backend_status(backend: Backend) -> dict[str, Any]:
         "url": backend.url,
         "weight": backend.weight,
         "state": backend.state,
-        "breaker": "closed",
+        "breaker": backend.breaker.state if backend.breaker is not None else "closed",
         "in_flight": backend.in_flight,
         "requests_total": backend.requests_total,
         "failures_total": backend.failures_total,
         "latency_ewma_ms": round(backend.latency_ewma * 1000.0, 3),
+        "health": backend.health,
+        "mode": backend.mode,
+        "last_check": backend.last_check,
+        "consecutive_failures": backend.breaker.consecutive_failures if backend.breaker else 0,
+        # Only what the backend reported: /status never shows a null number (SPEC §3).
+        "load": {
+            key: value
+            for key, value in (("cpu", backend.cpu), ("memory", backend.memory))
+            if value is not None
+        },
     }
 
 
@@ -66,7 +81,24 @@ def make_admin_app(
         body = {"status": "ready" if routable else "unavailable", "routable_backends": routable}
         return web.json_response(body, status=200 if routable else 503)
 
+    async def set_mode(request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        backend = pool.by_name(name)
+        if backend is None:
+            return web.json_response(
+                {
+                    "error": f"no backend named {name!r}",
+                    "backends": [b.name for b in pool.backends],
+                },
+                status=404,
+            )
+        action = request.match_info["action"]
+        backend.set_mode(MODES[action])
+        log.warning("backend %s: %s by the admin API", backend.name, MODES[action])
+        return web.json_response(backend_status(backend))
+
     app = web.Application()
+    app.router.add_post("/backends/{name}/{action:drain|disable|enable}", set_mode)
     app.router.add_get("/status", get_status)
     app.router.add_get("/metrics", get_metrics)
     app.router.add_get("/health/live", live)

@@ -13,17 +13,37 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import Literal
 
+from balancer.breaker import Breaker
 from balancer.config import BackendConfig
 from balancer.errors import ProxyError
 from balancer.upstream import UpstreamPool
 
-State = Literal["healthy", "unhealthy", "draining", "disabled"]
+Health = Literal["healthy", "unhealthy"]  # what the health checks say
+Mode = Literal["enabled", "draining", "disabled"]  # what the operator says (admin API)
+State = Literal["healthy", "unhealthy", "draining", "disabled"]  # what /status shows
 
-# Which states take which traffic, in one table (ARCHITECTURE habit 7).
+# The backend state machine as data, in one place (ARCHITECTURE habit 7): the operator's mode
+# and the health checks' verdict are independent inputs; this table gives the state they make
+# and the next table what traffic that state takes. The breaker is a third, independent input
+# (breaker.py): an open breaker keeps a healthy backend out for reset_timeout.
+STATE: dict[tuple[Mode, Health], State] = {
+    ("enabled", "healthy"): "healthy",
+    ("enabled", "unhealthy"): "unhealthy",
+    ("draining", "healthy"): "draining",
+    ("draining", "unhealthy"): "unhealthy",
+    ("disabled", "healthy"): "disabled",
+    ("disabled", "unhealthy"): "disabled",
+}
 TAKES_NEW_REQUESTS: dict[State, bool] = {
     "healthy": True,
-    "unhealthy": False,
+    "unhealthy": False,  # whatever its breaker says (SPEC §2)
     "draining": False,  # existing sticky sessions only
+    "disabled": False,  # no requests at all
+}
+TAKES_STICKY_REQUESTS: dict[State, bool] = {
+    "healthy": True,
+    "unhealthy": False,
+    "draining": True,
     "disabled": False,
 }
 
@@ -58,13 +78,22 @@ class Backend:
     __slots__ = (
         "_clock",
         "_on_change",
+        "breaker",
         "config",
+        "cpu",
+        "failure_statuses",
         "failures_total",
+        "health",
         "in_flight",
+        "last_check",
         "latency_ewma",
+        "memory",
+        "mode",
         "name",
+        "recovered_at",
         "requests",
         "requests_total",
+        "routable",
         "state",
         "upstream",
         "url",
@@ -76,6 +105,8 @@ class Backend:
         config: BackendConfig,
         upstream: UpstreamPool,
         *,
+        breaker: Breaker | None = None,
+        failure_statuses: frozenset[int] = frozenset(),
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.config = config
@@ -83,7 +114,16 @@ class Backend:
         self.url = config.url
         self.weight = config.weight
         self.upstream = upstream
+        self.breaker = breaker
+        self.failure_statuses = failure_statuses
+        self.mode: Mode = "enabled"
+        self.health: Health = "healthy"
         self.state: State = "healthy"
+        self.routable = self.weight > 0
+        self.recovered_at = float("-inf")  # when it last became healthy again (slow start)
+        self.cpu: float | None = None  # reported load, 0..1, from health checks
+        self.memory: float | None = None
+        self.last_check = ""
         self.in_flight = 0
         self.requests_total = 0
         self.failures_total = 0
@@ -99,19 +139,47 @@ class Backend:
             f"failures={self.failures_total} ewma={self.latency_ewma * 1000:.1f}ms>"
         )
 
-    @property
-    def routable(self) -> bool:
-        """Whether a strategy may pick this backend for a new request."""
-        return TAKES_NEW_REQUESTS[self.state] and self.weight > 0
-
     def on_change(self, callback: Callable[[], None]) -> None:
         """Call `callback` whenever routability may have changed (the pool rebuilds)."""
         self._on_change = callback
 
-    def set_state(self, state: State) -> None:
-        if state != self.state:
-            self.state = state
-            self._on_change()
+    def refresh(self) -> None:
+        """Recompute state and routability from mode, health and breaker; tell the pool."""
+        self.state = STATE[self.mode, self.health]
+        breaker = self.breaker
+        self.routable = (
+            TAKES_NEW_REQUESTS[self.state]
+            and self.weight > 0
+            and (breaker is None or breaker.admits_new)
+        )
+        self._on_change()
+
+    @property
+    def takes_sticky(self) -> bool:
+        """Whether a client pinned to this backend may still reach it (draining: yes)."""
+        breaker = self.breaker
+        return TAKES_STICKY_REQUESTS[self.state] and (breaker is None or breaker.admits_new)
+
+    def set_mode(self, mode: Mode) -> None:
+        if mode != self.mode:
+            self.mode = mode
+            self.refresh()
+
+    def set_health(self, health: Health) -> None:
+        if health != self.health:
+            self.health = health
+            if health == "healthy":
+                self.recovered_at = self._clock()
+            self.refresh()
+
+    def breaker_changed(self) -> None:
+        """The breaker's callback: a breaker that closes again starts the slow start too."""
+        if self.breaker is not None and self.breaker.state == "closed":
+            self.recovered_at = self._clock()
+        self.refresh()
+
+    def report_load(self, cpu: float | None, memory: float | None) -> None:
+        self.cpu, self.memory = cpu, memory
 
     def attempt(self) -> Attempt:
         return Attempt(self)
@@ -131,22 +199,28 @@ class Attempt:
     the in-flight count and counts the attempt, and a failure if the backend was to blame.
     """
 
-    __slots__ = ("backend", "failed", "started")
+    __slots__ = ("backend", "failed", "started", "trial")
 
     def __init__(self, backend: Backend) -> None:
         self.backend = backend
         self.failed = False
         self.started = 0.0
+        self.trial = False  # the half-open breaker's one trial request
 
     def __enter__(self) -> Attempt:
         backend = self.backend
         backend.in_flight += 1
+        if backend.breaker is not None:
+            self.trial = backend.breaker.begin()
         self.started = backend._clock()
         return self
 
-    def head_received(self) -> None:
+    def head_received(self, status: int) -> None:
+        """The response head arrived: latency, and whether its status counts as a failure."""
         backend = self.backend
         backend.observe_latency(backend._clock() - self.started)
+        if status in backend.failure_statuses:
+            self.failed = True
 
     def __exit__(
         self,
@@ -157,8 +231,15 @@ class Attempt:
         backend = self.backend
         backend.in_flight -= 1
         backend.requests_total += 1
-        if self.failed or (isinstance(exc, ProxyError) and exc.backend_failure):
+        failed = self.failed or (isinstance(exc, ProxyError) and exc.backend_failure)
+        if failed:
             backend.failures_total += 1
+        breaker = backend.breaker
+        if breaker is not None:
+            if failed or exc is None:
+                breaker.record(not failed)
+            elif self.trial:
+                breaker.abandon_trial()  # cancelled: it told nothing, let another try
 
 
 def _nothing() -> None:

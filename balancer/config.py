@@ -202,6 +202,18 @@ def _list_of(item: Callable[[Any], str]) -> Callable[[Any], tuple[str, ...]]:
     return check
 
 
+def _statuses(value: Any) -> tuple[int, ...]:
+    if not isinstance(value, list):
+        raise ValueError(
+            f"expected a list of status codes such as [500, 503], got {_describe(value)}"
+        )
+    statuses = tuple(_integer(100)(one) for one in value)
+    for status in statuses:
+        if not 500 <= status <= 599:
+            raise ValueError(f"only 5xx statuses can count as failures, got {status}")
+    return statuses
+
+
 def _address(value: Any) -> Address:
     """`host:port`, `[v6]:port` or `:port` (all interfaces); port 0 binds a free port."""
     usage = f"expected host:port such as 0.0.0.0:8080 or [::1]:8080, got {_describe(value)}"
@@ -496,6 +508,11 @@ class HealthCheckConfig:
 class CircuitBreakerConfig:
     failure_threshold: int = field(default=5, metadata=_rule(_integer(1)))
     reset_timeout: float = field(default=60.0, metadata=_rule(_POSITIVE))
+    # Backend statuses that count as failures (connect errors, resets and timeouts always do;
+    # a 4xx never: it is the client's fault). An extension of SPEC §2.
+    failure_statuses: tuple[int, ...] = field(
+        default=(500, 502, 503, 504), metadata=_rule(_statuses)
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -70,9 +70,10 @@ class PoolCollector(Collector):
         for backend in pool.backends:
             name = backend.name
             _add_requests(requests, durations, name, backend.requests)
-            healthy.add_metric([name], 1.0 if backend.state != "unhealthy" else 0.0)
+            healthy.add_metric([name], 1.0 if backend.health == "healthy" else 0.0)
             in_flight.add_metric([name], backend.in_flight)
-            breaker.add_metric([name], BREAKER_STATES["closed"])
+            state = backend.breaker.state if backend.breaker is not None else "closed"
+            breaker.add_metric([name], BREAKER_STATES[state])
             attempts.add_metric([name], backend.requests_total)
             failures.add_metric([name], backend.failures_total)
             latency.add_metric([name], backend.latency_ewma)

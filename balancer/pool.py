@@ -6,16 +6,29 @@ The candidates tuple is rebuilt when a backend's state changes, never per reques
 
 from __future__ import annotations
 
-from collections.abc import Collection
+import random
+import time
+from collections.abc import Callable, Collection
 
 from balancer.backend import Backend, RequestStats
 from balancer.strategies import Strategy
 
 
 class Pool:
-    def __init__(self, backends: tuple[Backend, ...], strategy: Strategy) -> None:
+    def __init__(
+        self,
+        backends: tuple[Backend, ...],
+        strategy: Strategy,
+        *,
+        slow_start: float = 0.0,
+        rng: random.Random | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.backends = backends
         self.strategy = strategy
+        self.slow_start = slow_start
+        self._rng = rng or random.Random()
+        self._clock = clock
         self.candidates: tuple[Backend, ...] = ()
         # Requests answered without any backend (503 when none could be picked).
         self.unrouted = RequestStats()
@@ -42,7 +55,14 @@ class Pool:
             candidates = tuple(b for b in candidates if b not in exclude)
         if not candidates:
             return None
-        return self.strategy.pick(candidates)
+        backend = self.strategy.pick(candidates)
+        if self.slow_start and len(candidates) > 1:
+            # Slow start: a backend back for t seconds takes about t/slow_start of its share;
+            # the rest of its turns go to the others (whatever the strategy).
+            share = (self._clock() - backend.recovered_at) / self.slow_start
+            if share < 1.0 and self._rng.random() >= share:
+                return self.strategy.pick(tuple(b for b in candidates if b is not backend))
+        return backend
 
     @property
     def in_flight(self) -> int:
@@ -51,3 +71,5 @@ class Pool:
     def close(self) -> None:
         for backend in self.backends:
             backend.upstream.close()
+            if backend.breaker is not None:
+                backend.breaker.close()

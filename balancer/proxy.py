@@ -159,7 +159,7 @@ class Proxy:
                 else:
                     upload = asyncio.ensure_future(_upload(request, conn, framing))
                 response_head = await conn.read_head()
-                attempt.head_received()
+                attempt.head_received(response_head.status)
                 client_keep_alive = request.keep_alive
                 if upload is not None and not upload.done():
                     # The backend answered before it had the whole body: never reuse this

@@ -13,8 +13,10 @@ from aiohttp import web
 
 from balancer.admin import make_admin_app
 from balancer.backend import Backend
-from balancer.config import Address, Config
+from balancer.breaker import Breaker
+from balancer.config import Address, BackendConfig, Config
 from balancer.front import FrontServer
+from balancer.health import HealthChecker
 from balancer.pool import Pool
 from balancer.proxy import Proxy, RetryBudget
 from balancer.strategies import make_strategy
@@ -40,22 +42,30 @@ def check_parser() -> None:
         )
 
 
-def build_pool(config: Config, loop: asyncio.AbstractEventLoop) -> Pool:
-    backends = tuple(
-        Backend(
-            bc,
-            UpstreamPool(
-                bc.host,
-                bc.port,
-                use_tls=bc.scheme == "https",
-                connect_timeout=config.timeouts.connect,
-                read_timeout=config.timeouts.read,
-                loop=loop,
-            ),
-        )
-        for bc in config.backends
+def build_backend(config: Config, bc: BackendConfig, loop: asyncio.AbstractEventLoop) -> Backend:
+    upstream = UpstreamPool(
+        bc.host,
+        bc.port,
+        use_tls=bc.scheme == "https",
+        connect_timeout=config.timeouts.connect,
+        read_timeout=config.timeouts.read,
+        loop=loop,
     )
-    return Pool(backends, make_strategy(config.strategy))
+    breaker_config = config.circuit_breaker
+    backend = Backend(bc, upstream, failure_statuses=frozenset(breaker_config.failure_statuses))
+    backend.breaker = Breaker(
+        bc.name,
+        breaker_config.failure_threshold,
+        breaker_config.reset_timeout,
+        loop=loop,
+        on_change=backend.breaker_changed,
+    )
+    return backend
+
+
+def build_pool(config: Config, loop: asyncio.AbstractEventLoop) -> Pool:
+    backends = tuple(build_backend(config, bc, loop) for bc in config.backends)
+    return Pool(backends, make_strategy(config.strategy), slow_start=config.slow_start)
 
 
 def _url(sockname: tuple[str, int] | tuple[str, int, int, int]) -> str:
@@ -93,6 +103,7 @@ async def serve(config: Config, *, announce: Callable[[str], None] = print) -> N
     admin_runner = web.AppRunner(
         make_admin_app(config, pool), handle_signals=False, access_log=None
     )
+    health = HealthChecker(pool.backends, config.health_check, loop=loop)
     await runner.setup()
     await admin_runner.setup()
     try:
@@ -103,6 +114,7 @@ async def serve(config: Config, *, announce: Callable[[str], None] = print) -> N
         for backend in pool.backends:
             announce(f"backend {backend.name} {backend.url} weight {backend.weight}")
         sys.stdout.flush()
+        health.start()
         await _wait_for_stop(loop)
         log.info(
             "stopping: no new connections; waiting up to %gs for %d request(s) in flight",
@@ -118,6 +130,7 @@ async def serve(config: Config, *, announce: Callable[[str], None] = print) -> N
         deadline.cancel()
         if cut and cut[0]:
             log.warning("shutdown_timeout passed: cancelled %d request(s) still in flight", cut[0])
+        await health.stop()
         await admin_runner.cleanup()
         pool.close()
     log.info("stopped")

@@ -339,6 +339,7 @@ class UpstreamPool:
         self.loop = loop
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
+        self.use_tls = use_tls
         self._ssl: ssl.SSLContext | None = ssl.create_default_context() if use_tls else None
         self._idle: list[UpstreamConnection] = []
         self._open: set[UpstreamConnection] = set()

@@ -63,6 +63,15 @@ class Backend:
     port: int
     runner: web.AppRunner
     seen: list[Seen] = field(default_factory=list)
+    health: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def probes(self) -> int:
+        """Health probes answered so far (they are not in `seen`)."""
+        return int(self.health.get("probes", 0))
+
+    def set_healthy(self, healthy: bool) -> None:
+        self.health["status"] = 200 if healthy else 503
 
     async def stop(self) -> None:
         await self.runner.cleanup()
@@ -72,7 +81,7 @@ async def _read_body(request: web.Request) -> bytes:
     return await request.read()
 
 
-def backend_app(name: str, seen: list[Seen]) -> web.Application:
+def backend_app(name: str, seen: list[Seen], health: dict[str, Any]) -> web.Application:
     async def record(request: web.Request) -> Seen:
         body = b""
         if request.path != "/sink":
@@ -161,7 +170,13 @@ def backend_app(name: str, seen: list[Seen]) -> web.Application:
             await socket.send_str(f"{name}: {message.data}")
         return socket
 
+    async def health_check(request: web.Request) -> web.Response:
+        health["probes"] = health.get("probes", 0) + 1
+        code = health.get("status", 200)
+        return web.json_response({"cpu": 0.25, "memory": 0.5}, status=code)
+
     app = web.Application()
+    app.router.add_get("/health", health_check)
     app.router.add_route("*", "/status/{code}", status)
     app.router.add_get("/slow", slow)
     app.router.add_get("/stream", stream)
@@ -175,12 +190,13 @@ def backend_app(name: str, seen: list[Seen]) -> web.Application:
 
 async def start_backend(name: str) -> Backend:
     seen: list[Seen] = []
-    runner = web.AppRunner(backend_app(name, seen), access_log=None)
+    health: dict[str, Any] = {}
+    runner = web.AppRunner(backend_app(name, seen, health), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
     port = runner.addresses[0][1]
-    return Backend(name, f"http://127.0.0.1:{port}", port, runner, seen)
+    return Backend(name, f"http://127.0.0.1:{port}", port, runner, seen, health)
 
 
 # ---------------------------------------------------------------------------------------

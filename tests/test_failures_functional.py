@@ -144,3 +144,12 @@ async def test_hop_by_hop_response_headers_are_removed(balancer_factory: StartBa
         assert response.header("X-Public") == ["2"]
     finally:
         await raw.stop()
+
+
+async def test_retry_that_finds_no_other_backend_answers_with_the_last_attempts_502(
+    balancer_factory: StartBalancer, session: aiohttp.ClientSession
+) -> None:
+    balancer = await balancer_factory([closed_port_url()])  # retries: 1, but nobody else
+    async with session.get(balancer.url + "/") as response:
+        assert response.status == 502
+        assert "Retry-After" not in response.headers

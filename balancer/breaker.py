@@ -1,0 +1,138 @@
+"""A backend's circuit breaker: pybreaker's state machine, fed from the completion hook.
+
+    closed --failure_threshold consecutive failures--> open
+    open --reset_timeout (a timer, so the pool's snapshot picks the change up)--> half_open
+    half_open --the one trial request succeeds--> closed;  --it fails--> open
+
+pybreaker is synchronous: the completion hook reports each outcome with `record`, which runs
+a no-op through `CircuitBreaker.call` so pybreaker does its own counting and transitions; a
+listener turns each transition into one log line and a rebuild of the candidates snapshot.
+SPEC §2: the breaker and the health checks are independent; an open breaker keeps its
+backend out for reset_timeout whatever the probes say.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Any, Literal
+
+import pybreaker
+
+log = logging.getLogger("balancer.breaker")
+
+BreakerState = Literal["closed", "open", "half_open"]
+_STATES: dict[str, BreakerState] = {"closed": "closed", "open": "open", "half-open": "half_open"}
+
+
+class _Failure(Exception):
+    """What `record(False)` raises inside pybreaker so that it counts a failure."""
+
+
+def _succeed() -> None:
+    return None
+
+
+def _fail() -> None:
+    raise _Failure
+
+
+class _Listener(pybreaker.CircuitBreakerListener):
+    def __init__(self, breaker: Breaker) -> None:
+        self._breaker = breaker
+
+    def state_change(self, cb: pybreaker.CircuitBreaker, old: Any, new: Any) -> None:
+        self._breaker._changed(_STATES.get(getattr(old, "name", ""), "closed"), _STATES[new.name])
+
+
+class Breaker:
+    def __init__(
+        self,
+        name: str,
+        failure_threshold: int,
+        reset_timeout: float,
+        *,
+        loop: asyncio.AbstractEventLoop,
+        on_change: Callable[[], None],
+    ) -> None:
+        self.name = name
+        self.reset_timeout = reset_timeout
+        self._loop = loop
+        self._on_change = on_change
+        self._timer: asyncio.TimerHandle | None = None
+        self.trial_in_flight = False
+        self._cb = pybreaker.CircuitBreaker(
+            fail_max=failure_threshold, reset_timeout=reset_timeout, name=name
+        )
+        self._cb.add_listener(_Listener(self))
+        self.state: BreakerState = "closed"
+
+    def __repr__(self) -> str:
+        trial = " trial in flight" if self.trial_in_flight else ""
+        return f"<Breaker {self.name} {self.state} failures={self._cb.fail_counter}{trial}>"
+
+    @property
+    def admits_new(self) -> bool:
+        """Whether a new request may go through: closed, or half-open with no trial out."""
+        state = self.state
+        return state == "closed" or (state == "half_open" and not self.trial_in_flight)
+
+    @property
+    def consecutive_failures(self) -> int:
+        return int(self._cb.fail_counter)
+
+    def begin(self) -> bool:
+        """A request goes out; returns whether it is the half-open breaker's one trial."""
+        if self.state == "half_open" and not self.trial_in_flight:
+            self.trial_in_flight = True
+            self._on_change()
+            return True
+        return False
+
+    def abandon_trial(self) -> None:
+        """The trial ended without an outcome (cancelled): the next request is the trial."""
+        if self.trial_in_flight:
+            self.trial_in_flight = False
+            self._on_change()
+
+    def record(self, ok: bool) -> None:
+        """The outcome of one attempt: a success, or a failure the backend is to blame for."""
+        if ok and self.state == "closed" and not self._cb.fail_counter:
+            return  # the common case changes nothing: skip pybreaker's lock and bookkeeping
+        try:
+            self._cb.call(_succeed if ok else _fail)
+        except (_Failure, pybreaker.CircuitBreakerError):
+            pass
+        if self.trial_in_flight and self.state != "half_open":
+            self.trial_in_flight = False
+            self._on_change()
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _changed(self, old: BreakerState, new: BreakerState) -> None:
+        self.state = new
+        if new == old:
+            return
+        log.warning(
+            "backend %s: circuit breaker %s -> %s%s",
+            self.name,
+            old,
+            new,
+            f" (for {self.reset_timeout:g}s)" if new == "open" else "",
+        )
+        self.trial_in_flight = False
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if new == "open":
+            self._timer = self._loop.call_later(self.reset_timeout, self._half_open)
+        self._on_change()
+
+    def _half_open(self) -> None:
+        self._timer = None
+        if self.state == "open":
+            self._cb.half_open()

@@ -1,0 +1,159 @@
+"""Active health checks (SPEC §2): one probe loop per backend, results through rise/fall.
+
+Each backend has its own loop, so probes to different backends run concurrently and never two
+to the same one; a probe that is still running delays the next (timeout may exceed interval).
+The first probe runs at once; later ones are spread by +-10% jitter so that many balancers do
+not probe in step. A probe is `GET health_check.path` with the backend's `host:port` as Host;
+2xx and 3xx pass. Its body (`{"cpu": 0.42, "memory": 0.61}`) or an `X-Backend-Load: cpu=0.42,
+memory=0.61` header reports the backend's load, read by the adaptive strategy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import random
+from dataclasses import dataclass
+
+from balancer.backend import Backend, Health
+from balancer.config import HealthCheckConfig
+from balancer.errors import ProxyError
+from balancer.upstream import UpstreamPool
+
+log = logging.getLogger("balancer.health")
+
+MAX_PROBE_BODY = 64 * 1024
+JITTER = 0.1
+
+
+@dataclass(slots=True)
+class RiseFall:
+    """Consecutive-result counting: `fall` failures mark a healthy backend unhealthy, `rise`
+    passes mark an unhealthy one healthy. Pure: `observe` returns the new health or None."""
+
+    rise: int
+    fall: int
+    healthy: bool = True
+    streak: int = 0  # consecutive results against the current health
+
+    def observe(self, passed: bool) -> Health | None:
+        if passed == self.healthy:
+            self.streak = 0
+            return None
+        self.streak += 1
+        if self.streak < (self.fall if self.healthy else self.rise):
+            return None
+        self.healthy, self.streak = passed, 0
+        return "healthy" if passed else "unhealthy"
+
+
+@dataclass(slots=True)
+class ProbeResult:
+    passed: bool
+    detail: str
+    cpu: float | None = None
+    memory: float | None = None
+
+
+def parse_load(body: bytes, header: bytes | None) -> tuple[float | None, float | None]:
+    """cpu and memory (0..1) from a JSON probe body or an X-Backend-Load header."""
+    values: dict[str, float] = {}
+    if header:
+        for part in header.replace(b";", b",").split(b","):
+            key, _, raw = part.partition(b"=")
+            with contextlib.suppress(ValueError):
+                values[key.strip().decode("latin-1").lower()] = float(raw)
+    if body[:1] == b"{":
+        with contextlib.suppress(ValueError, UnicodeDecodeError):
+            data = json.loads(body)
+            if isinstance(data, dict):
+                for name in ("cpu", "memory"):
+                    value = data.get(name)
+                    if isinstance(value, int | float) and not isinstance(value, bool):
+                        values[name] = float(value)
+    return _fraction(values.get("cpu")), _fraction(values.get("memory"))
+
+
+def _fraction(value: float | None) -> float | None:
+    if value is None or value != value:  # NaN
+        return None
+    return min(1.0, max(0.0, value))
+
+
+async def probe(pool: UpstreamPool, path: str, deadline: float) -> ProbeResult:
+    """One health probe over a fresh connection (never the request pool's), within `deadline`
+    seconds in all: connect, head and body."""
+    head = f"GET {path} HTTP/1.1\r\nHost: {pool.address}\r\nConnection: close\r\n"
+    head += "User-Agent: balancer-health-check\r\n\r\n"
+    conn = None
+    try:
+        async with asyncio.timeout(deadline):
+            conn = await pool.connect()
+            conn.send_head(head.encode("latin-1"), "GET")
+            conn.request_sent()
+            response = await conn.read_head()
+            body = b""
+            while len(body) < MAX_PROBE_BODY and (chunk := await conn.read_chunk()):
+                body += chunk
+    except TimeoutError:
+        return ProbeResult(False, f"no answer within {deadline:g}s")
+    except ProxyError as exc:
+        return ProbeResult(False, exc.detail or str(exc))
+    finally:
+        if conn is not None:
+            conn.close()
+    load_header = next((v for n, v in response.raw_headers if n.lower() == b"x-backend-load"), None)
+    cpu, memory = parse_load(body, load_header)
+    passed = 200 <= response.status < 400
+    return ProbeResult(passed, f"status {response.status}", cpu, memory)
+
+
+class HealthChecker:
+    def __init__(
+        self,
+        backends: tuple[Backend, ...],
+        config: HealthCheckConfig,
+        *,
+        loop: asyncio.AbstractEventLoop,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.config = config
+        self._backends = backends
+        self._loop = loop
+        self._rng = rng or random.Random()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def start(self) -> None:
+        self._tasks = [self._loop.create_task(self._run(b)) for b in self._backends]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+
+    async def _run(self, backend: Backend) -> None:
+        config = self.config
+        upstream = backend.upstream
+        pool = UpstreamPool(
+            upstream.host,
+            upstream.port,
+            use_tls=upstream.use_tls,
+            connect_timeout=config.timeout,
+            read_timeout=config.timeout,
+            loop=self._loop,
+        )
+        counter = RiseFall(config.rise, config.fall, healthy=backend.health == "healthy")
+        while True:
+            result = await probe(pool, config.path, config.timeout)
+            backend.report_load(result.cpu, result.memory)
+            backend.last_check = result.detail
+            verdict = counter.observe(result.passed)
+            if verdict is not None:
+                log.warning(
+                    "backend %s is %s: health check %s", backend.name, verdict, result.detail
+                )
+                backend.set_health(verdict)
+            await asyncio.sleep(config.interval * self._rng.uniform(1 - JITTER, 1 + JITTER))
