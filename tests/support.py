@@ -188,12 +188,14 @@ def backend_app(name: str, seen: list[Seen], health: dict[str, Any]) -> web.Appl
     return app
 
 
-async def start_backend(name: str) -> Backend:
+async def start_backend(name: str, port: int = 0) -> Backend:
+    """An aiohttp backend on `port` (0: a free one); start it again on its old port to
+    bring a stopped backend back."""
     seen: list[Seen] = []
     health: dict[str, Any] = {}
     runner = web.AppRunner(backend_app(name, seen, health), access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
+    site = web.TCPSite(runner, "127.0.0.1", port, reuse_address=True)
     await site.start()
     port = runner.addresses[0][1]
     return Backend(name, f"http://127.0.0.1:{port}", port, runner, seen, health)
