@@ -33,6 +33,8 @@ def backend_status(backend: Backend) -> dict[str, Any]:
         "failures_total": backend.failures_total,
         "latency_ewma_ms": round(backend.latency_ewma * 1000.0, 3),
         "health": backend.health,
+        "backup": backend.config.backup,
+        "max_connections": backend.config.max_connections,
         "mode": backend.mode,
         "last_check": backend.last_check,
         "consecutive_failures": backend.breaker.consecutive_failures if backend.breaker else 0,
@@ -55,6 +57,7 @@ def status(config: Config, pool: Pool, uptime_seconds: float) -> dict[str, Any]:
             "store": "redis" if config.redis.url else "memory",
             "available": True,
         },
+        "queued": pool.queued,
         "backends": [backend_status(b) for b in pool.backends],
     }
 

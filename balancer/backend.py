@@ -78,6 +78,7 @@ class Backend:
     __slots__ = (
         "_clock",
         "_on_change",
+        "_on_slot_freed",
         "breaker",
         "config",
         "cpu",
@@ -131,6 +132,7 @@ class Backend:
         self.requests = RequestStats()
         self._clock = clock
         self._on_change: Callable[[], None] = _nothing
+        self._on_slot_freed: Callable[[], None] | None = None
 
     def __repr__(self) -> str:
         return (
@@ -138,6 +140,16 @@ class Backend:
             f"in_flight={self.in_flight} requests={self.requests_total} "
             f"failures={self.failures_total} ewma={self.latency_ewma * 1000:.1f}ms>"
         )
+
+    @property
+    def full(self) -> bool:
+        """At its max_connections (never, when it has no cap)."""
+        cap = self.config.max_connections
+        return bool(cap) and self.in_flight >= cap
+
+    def on_slot_freed(self, callback: Callable[[], None]) -> None:
+        """Call `callback` when a request to this capped backend ends (a queued one may go)."""
+        self._on_slot_freed = callback
 
     def on_change(self, callback: Callable[[], None]) -> None:
         """Call `callback` whenever routability may have changed (the pool rebuilds)."""
@@ -231,6 +243,8 @@ class Attempt:
         backend = self.backend
         backend.in_flight -= 1
         backend.requests_total += 1
+        if backend._on_slot_freed is not None:
+            backend._on_slot_freed()
         failed = self.failed or (isinstance(exc, ProxyError) and exc.backend_failure)
         if failed:
             backend.failures_total += 1

@@ -493,6 +493,9 @@ class BackendConfig:
     scheme: str = "http"
     host: str = ""
     port: int = 80
+    # Extensions of SPEC §2 (issue 4), off by default:
+    backup: bool = False  # used only when no primary backend can take traffic
+    max_connections: int = 0  # requests in flight at most; past it they queue (0 = no cap)
 
 
 @dataclass(frozen=True, slots=True)
@@ -552,6 +555,14 @@ class LimitsConfig:
     max_headers: int = field(default=100, metadata=_rule(_integer(1)))
     max_body: int = field(default=0, metadata=_rule(_size(0)))  # 0 = no limit
     max_connections: int = field(default=10000, metadata=_rule(_integer(1)))
+
+
+@dataclass(frozen=True, slots=True)
+class QueueConfig:
+    """Where requests wait when every candidate is at its max_connections (HAProxy's queue)."""
+
+    size: int = field(default=100, metadata=_rule(_integer(0)))
+    timeout: float = field(default=5.0, metadata=_rule(_POSITIVE))
 
 
 @dataclass(frozen=True, slots=True)
@@ -628,6 +639,8 @@ _BACKEND: dict[str, Convert] = {
     "url": _scalar(_backend_url, text=True),
     "name": _scalar(_backend_name, text=True),
     "weight": _scalar(_integer(0)),
+    "backup": _scalar(_boolean),
+    "max_connections": _scalar(_integer(0)),
 }
 
 
@@ -639,7 +652,8 @@ def _backend(walk: _Walk, node: yaml.Node, path: str) -> tuple[BackendConfig, ya
         walk.problem(path, "missing key 'url' (http://host:port)", node)
     if len(walk.problems) > before:
         return None
-    changes = {key: fields.values[key] for key in ("name", "weight") if key in fields.values}
+    keys = ("name", "weight", "backup", "max_connections")
+    changes = {key: fields.values[key] for key in keys if key in fields.values}
     backend = dataclasses.replace(fields.values["url"], **changes)
     return backend, fields.nodes.get("name", fields.nodes["url"])
 
@@ -688,6 +702,7 @@ class Config:
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     retries: int = field(default=1, metadata=_rule(_integer(0)))
     retry_budget: RetryBudgetConfig = field(default_factory=RetryBudgetConfig)
+    queue: QueueConfig = field(default_factory=QueueConfig)
     slow_start: float = field(default=0.0, metadata=_rule(_DURATION))
     cache: CacheConfig = field(default_factory=CacheConfig)
     compression: CompressionConfig = field(default_factory=CompressionConfig)

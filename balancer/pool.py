@@ -6,8 +6,10 @@ The candidates tuple is rebuilt when a backend's state changes, never per reques
 
 from __future__ import annotations
 
+import asyncio
 import random
 import time
+from collections import deque
 from collections.abc import Callable, Collection
 
 from balancer.backend import Backend, RequestStats
@@ -21,6 +23,8 @@ class Pool:
         strategy: Strategy,
         *,
         slow_start: float = 0.0,
+        queue_size: int = 100,
+        queue_timeout: float = 5.0,
         rng: random.Random | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -32,15 +36,27 @@ class Pool:
         self.candidates: tuple[Backend, ...] = ()
         # Requests answered without any backend (503 when none could be picked).
         self.unrouted = RequestStats()
+        # Some backend caps its requests in flight: picks skip full ones, and requests wait
+        # for a slot in the queue (HAProxy's maxconn + queue), off unless configured.
+        self.capped = any(b.config.max_connections for b in backends)
+        self.queue_size = queue_size
+        self.queue_timeout = queue_timeout
+        self._waiters: deque[asyncio.Future[None]] = deque()
         for backend in backends:
             backend.on_change(self.rebuild)
+            if backend.config.max_connections:
+                backend.on_slot_freed(self._wake_waiter)
         self.rebuild()
 
     def __repr__(self) -> str:
         return f"<Pool [{len(self.candidates)} of {len(self.backends)} routable]>"
 
     def rebuild(self) -> None:
-        self.candidates = tuple(b for b in self.backends if b.routable)
+        """Backup backends are candidates only while no primary is (HAProxy's `backup`)."""
+        routable = [b for b in self.backends if b.routable]
+        primaries = tuple(b for b in routable if not b.config.backup)
+        self.candidates = primaries or tuple(routable)
+        self._wake_waiter()
 
     def by_name(self, name: str) -> Backend | None:
         for backend in self.backends:
@@ -53,6 +69,8 @@ class Pool:
         candidates = self.candidates
         if exclude:
             candidates = tuple(b for b in candidates if b not in exclude)
+        if self.capped:
+            candidates = tuple(b for b in candidates if not b.full)
         if not candidates:
             return None
         backend = self.strategy.pick(candidates)
@@ -63,6 +81,47 @@ class Pool:
             if share < 1.0 and self._rng.random() >= share:
                 return self.strategy.pick(tuple(b for b in candidates if b is not backend))
         return backend
+
+    def all_full(self, exclude: Collection[Backend] = ()) -> bool:
+        """Some candidate exists but every one is at its max_connections."""
+        candidates = [b for b in self.candidates if b not in exclude]
+        return self.capped and bool(candidates) and all(b.full for b in candidates)
+
+    async def wait_for_slot(self, exclude: Collection[Backend] = ()) -> Backend | None:
+        """Queue until a capped backend has a slot: the backend, or None when the queue is
+        full or queue.timeout passed (the caller answers 503)."""
+        if len(self._waiters) >= self.queue_size:
+            return None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.queue_timeout
+        while (remaining := deadline - loop.time()) > 0:
+            waiter = loop.create_future()
+            self._waiters.append(waiter)
+            try:
+                async with asyncio.timeout(remaining):
+                    await waiter
+            except TimeoutError:
+                return None
+            finally:
+                if waiter in self._waiters:
+                    self._waiters.remove(waiter)
+            backend = self.pick(exclude)
+            if backend is not None:
+                return backend
+            if not self.all_full(exclude):
+                return None  # nothing routable any more: 503 at once
+        return None
+
+    def _wake_waiter(self) -> None:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+
+    @property
+    def queued(self) -> int:
+        return len(self._waiters)
 
     @property
     def in_flight(self) -> int:

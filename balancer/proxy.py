@@ -103,6 +103,8 @@ class Proxy:
         try:
             while True:
                 backend = pool.pick(tried)
+                if backend is None and pool.all_full(tried):
+                    backend = await pool.wait_for_slot(tried)
                 if backend is None:
                     # After a failed attempt the answer is that attempt's (SPEC §4).
                     return self._answer_error(

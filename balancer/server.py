@@ -65,7 +65,13 @@ def build_backend(config: Config, bc: BackendConfig, loop: asyncio.AbstractEvent
 
 def build_pool(config: Config, loop: asyncio.AbstractEventLoop) -> Pool:
     backends = tuple(build_backend(config, bc, loop) for bc in config.backends)
-    return Pool(backends, make_strategy(config.strategy), slow_start=config.slow_start)
+    return Pool(
+        backends,
+        make_strategy(config.strategy),
+        slow_start=config.slow_start,
+        queue_size=config.queue.size,
+        queue_timeout=config.queue.timeout,
+    )
 
 
 def _url(sockname: tuple[str, int] | tuple[str, int, int, int]) -> str:
