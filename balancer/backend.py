@@ -88,6 +88,8 @@ class Backend:
         "in_flight",
         "last_check",
         "latency_ewma",
+        "latency_updated_at",
+        "load_updated_at",
         "memory",
         "mode",
         "name",
@@ -129,6 +131,8 @@ class Backend:
         self.requests_total = 0
         self.failures_total = 0
         self.latency_ewma = 0.0
+        self.latency_updated_at = float("-inf")
+        self.load_updated_at = float("-inf")
         self.requests = RequestStats()
         self._clock = clock
         self._on_change: Callable[[], None] = _nothing
@@ -191,16 +195,28 @@ class Backend:
         self.refresh()
 
     def report_load(self, cpu: float | None, memory: float | None) -> None:
-        self.cpu, self.memory = cpu, memory
+        """What the backend says about itself; a value it did not report stays as it was."""
+        if cpu is not None:
+            self.cpu = cpu
+        if memory is not None:
+            self.memory = memory
+        if cpu is not None or memory is not None:
+            self.load_updated_at = self._clock()
 
     def attempt(self) -> Attempt:
         return Attempt(self)
 
-    def observe_latency(self, seconds: float) -> None:
+    @property
+    def effective_weight(self) -> int:
+        """The weight strategies divide by (candidates never have weight 0)."""
+        return self.weight or 1
+
+    def observe_latency(self, seconds: float, now: float | None = None) -> None:
         if self.latency_ewma == 0.0:
             self.latency_ewma = seconds
         else:
             self.latency_ewma += EWMA_ALPHA * (seconds - self.latency_ewma)
+        self.latency_updated_at = self._clock() if now is None else now
 
 
 class Attempt:
@@ -230,7 +246,8 @@ class Attempt:
     def head_received(self, status: int) -> None:
         """The response head arrived: latency, and whether its status counts as a failure."""
         backend = self.backend
-        backend.observe_latency(backend._clock() - self.started)
+        now = backend._clock()
+        backend.observe_latency(now - self.started, now)
         if status in backend.failure_statuses:
             self.failed = True
 

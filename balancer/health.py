@@ -4,15 +4,12 @@ Each backend has its own loop, so probes to different backends run concurrently 
 to the same one; a probe that is still running delays the next (timeout may exceed interval).
 The first probe runs at once; later ones are spread by +-10% jitter so that many balancers do
 not probe in step. A probe is `GET health_check.path` with the backend's `host:port` as Host;
-2xx and 3xx pass. Its body (`{"cpu": 0.42, "memory": 0.61}`) or an `X-Backend-Load: cpu=0.42,
-memory=0.61` header reports the backend's load, read by the adaptive strategy.
+2xx and 3xx pass. Its body or an X-Backend-Load header reports the backend's load (load.py).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
 import logging
 import random
 from dataclasses import dataclass
@@ -20,6 +17,7 @@ from dataclasses import dataclass
 from balancer.backend import Backend, Health
 from balancer.config import HealthCheckConfig
 from balancer.errors import ProxyError
+from balancer.load import parse_load
 from balancer.upstream import UpstreamPool
 
 log = logging.getLogger("balancer.health")
@@ -55,31 +53,6 @@ class ProbeResult:
     detail: str
     cpu: float | None = None
     memory: float | None = None
-
-
-def parse_load(body: bytes, header: bytes | None) -> tuple[float | None, float | None]:
-    """cpu and memory (0..1) from a JSON probe body or an X-Backend-Load header."""
-    values: dict[str, float] = {}
-    if header:
-        for part in header.replace(b";", b",").split(b","):
-            key, _, raw = part.partition(b"=")
-            with contextlib.suppress(ValueError):
-                values[key.strip().decode("latin-1").lower()] = float(raw)
-    if body[:1] == b"{":
-        with contextlib.suppress(ValueError, UnicodeDecodeError):
-            data = json.loads(body)
-            if isinstance(data, dict):
-                for name in ("cpu", "memory"):
-                    value = data.get(name)
-                    if isinstance(value, int | float) and not isinstance(value, bool):
-                        values[name] = float(value)
-    return _fraction(values.get("cpu")), _fraction(values.get("memory"))
-
-
-def _fraction(value: float | None) -> float | None:
-    if value is None or value != value:  # NaN
-        return None
-    return min(1.0, max(0.0, value))
 
 
 async def probe(pool: UpstreamPool, path: str, deadline: float) -> ProbeResult:

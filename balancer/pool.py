@@ -64,7 +64,7 @@ class Pool:
                 return backend
         return None
 
-    def pick(self, exclude: Collection[Backend] = ()) -> Backend | None:
+    def pick(self, exclude: Collection[Backend] = (), key: bytes | None = None) -> Backend | None:
         """A backend for a new request, or None when none is routable."""
         candidates = self.candidates
         if exclude:
@@ -73,13 +73,13 @@ class Pool:
             candidates = tuple(b for b in candidates if not b.full)
         if not candidates:
             return None
-        backend = self.strategy.pick(candidates)
+        backend = self.strategy.pick(candidates, key)
         if self.slow_start and len(candidates) > 1:
             # Slow start: a backend back for t seconds takes about t/slow_start of its share;
             # the rest of its turns go to the others (whatever the strategy).
             share = (self._clock() - backend.recovered_at) / self.slow_start
             if share < 1.0 and self._rng.random() >= share:
-                return self.strategy.pick(tuple(b for b in candidates if b is not backend))
+                return self.strategy.pick(tuple(b for b in candidates if b is not backend), key)
         return backend
 
     def all_full(self, exclude: Collection[Backend] = ()) -> bool:
@@ -87,7 +87,9 @@ class Pool:
         candidates = [b for b in self.candidates if b not in exclude]
         return self.capped and bool(candidates) and all(b.full for b in candidates)
 
-    async def wait_for_slot(self, exclude: Collection[Backend] = ()) -> Backend | None:
+    async def wait_for_slot(
+        self, exclude: Collection[Backend] = (), key: bytes | None = None
+    ) -> Backend | None:
         """Queue until a capped backend has a slot: the backend, or None when the queue is
         full or queue.timeout passed (the caller answers 503)."""
         if len(self._waiters) >= self.queue_size:
@@ -105,7 +107,7 @@ class Pool:
             finally:
                 if waiter in self._waiters:
                     self._waiters.remove(waiter)
-            backend = self.pick(exclude)
+            backend = self.pick(exclude, key)
             if backend is not None:
                 return backend
             if not self.all_full(exclude):

@@ -31,9 +31,11 @@ from balancer.errors import (
     ProxyError,
 )
 from balancer.headers import content_length, request_body_framing, request_head
+from balancer.load import parse_load
 from balancer.pool import Pool
 from balancer.response import CHUNKED_END, Sent, chunk, has_body
 from balancer.response import response_head as response_head_bytes
+from balancer.strategies import needs_key
 from balancer.upstream import ResponseHead, UpstreamConnection
 
 log = logging.getLogger("balancer.proxy")
@@ -66,6 +68,8 @@ class Proxy:
         max_body: int,
         retry_after: int,
         proto: str = "http",
+        hash_on: str = "ip",
+        hash_name: str | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.pool = pool
@@ -75,6 +79,7 @@ class Proxy:
         self.retry_after = str(max(1, math.ceil(retry_after)))
         self.proto = proto
         self.clock = clock
+        self.request_key = key_getter(hash_on, hash_name) if needs_key(pool.strategy) else None
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse | Sent:
         started = self.clock()
@@ -97,14 +102,15 @@ class Proxy:
             body_framing=framing,
             upgrade=websocket,
         )
+        key = self.request_key(request) if self.request_key is not None else None
         tried: list[Backend] = []
         last_error: ProxyError | None = None
         retrying = False
         try:
             while True:
-                backend = pool.pick(tried)
+                backend = pool.pick(tried, key)
                 if backend is None and pool.all_full(tried):
-                    backend = await pool.wait_for_slot(tried)
+                    backend = await pool.wait_for_slot(tried, key)
                 if backend is None:
                     # After a failed attempt the answer is that attempt's (SPEC §4).
                     return self._answer_error(
@@ -162,6 +168,8 @@ class Proxy:
                     upload = asyncio.ensure_future(_upload(request, conn, framing))
                 response_head = await conn.read_head()
                 attempt.head_received(response_head.status)
+                if conn.reported_load is not None:
+                    backend.report_load(*parse_load(b"", conn.reported_load))
                 client_keep_alive = request.keep_alive
                 if upload is not None and not upload.done():
                     # The backend answered before it had the whole body: never reuse this
@@ -338,6 +346,32 @@ async def _upload(request: web.BaseRequest, conn: UpstreamConnection, framing: b
     if chunked:
         await conn.write(b"0\r\n\r\n")
     conn.request_sent()
+
+
+def key_getter(on: str, name: str | None) -> Callable[[web.BaseRequest], bytes | None]:
+    """What consistent_hash hashes (`hash.on`): the client IP, a header or a cookie. The IP is
+    the peer's address, never X-Forwarded-For (../shared/LAB.md)."""
+    if on == "header" and name:
+        field = name
+
+        def header(request: web.BaseRequest) -> bytes | None:
+            value = request.headers.get(field)
+            return value.encode("latin-1", "replace") if value is not None else None
+
+        return header
+    if on == "cookie" and name:
+        cookie = name
+
+        def from_cookie(request: web.BaseRequest) -> bytes | None:
+            value = request.cookies.get(cookie)
+            return value.encode("utf-8", "replace") if value is not None else None
+
+        return from_cookie
+
+    def client_ip(request: web.BaseRequest) -> bytes | None:
+        return (request.remote or "").encode() or None
+
+    return client_ip
 
 
 def _websocket_upgrade(request: web.BaseRequest) -> bytes | None:

@@ -18,7 +18,8 @@ from balancer.headers import HOP_BY_HOP, RawHeaders, connection_tokens
 
 # Connection tokens that name no field to remove.
 _PLAIN_CONNECTION_TOKENS = frozenset({b"keep-alive", b"close", b"upgrade"})
-_DROP_FROM_RESPONSE = HOP_BY_HOP | {b"content-length"}
+# The backend's framing is re-done; its load report is for the balancer, not the client.
+_DROP_FROM_RESPONSE = HOP_BY_HOP | {b"content-length", b"x-backend-load"}
 _STATUS_WITHOUT_BODY = frozenset({204, 304})
 CHUNKED_END = b"0\r\n\r\n"
 

@@ -67,7 +67,7 @@ def build_pool(config: Config, loop: asyncio.AbstractEventLoop) -> Pool:
     backends = tuple(build_backend(config, bc, loop) for bc in config.backends)
     return Pool(
         backends,
-        make_strategy(config.strategy),
+        make_strategy(config.strategy, adaptive=config.adaptive),
         slow_start=config.slow_start,
         queue_size=config.queue.size,
         queue_timeout=config.queue.timeout,
@@ -103,6 +103,8 @@ async def serve(config: Config, *, announce: Callable[[str], None] = print) -> N
         retry_budget=RetryBudget(config.retry_budget.percent, config.retry_budget.min_concurrency),
         max_body=config.limits.max_body,
         retry_after=max(1, round(config.health_check.interval)),
+        hash_on=config.hash.on,
+        hash_name=config.hash.name,
     )
     front = FrontServer(proxy.handle, limits=config.limits, timeouts=config.timeouts)
     runner = web.ServerRunner(front, handle_signals=False, shutdown_timeout=config.shutdown_timeout)

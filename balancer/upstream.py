@@ -62,6 +62,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._busy = False
         # per response
         self._raw_headers: list[tuple[bytes, bytes]] = []
+        self.reported_load: bytes | None = None  # an X-Backend-Load header, if any
         self._reason = b""
         self._informational = False
         self._head: ResponseHead | None = None
@@ -125,6 +126,7 @@ class UpstreamConnection(asyncio.Protocol):
     # -- httptools callbacks ---------------------------------------------------------
     def on_message_begin(self) -> None:
         self._raw_headers = []
+        self.reported_load = None
         self._reason = b""
         self._until_eof = True  # until a framing field says otherwise
 
@@ -133,8 +135,12 @@ class UpstreamConnection(asyncio.Protocol):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._raw_headers.append((name, value))
-        if len(name) in (14, 17) and name.lower() in (b"content-length", b"transfer-encoding"):
-            self._until_eof = False
+        if len(name) in (14, 17):
+            lname = name.lower()
+            if lname in (b"content-length", b"transfer-encoding"):
+                self._until_eof = False
+            elif lname == b"x-backend-load":
+                self.reported_load = value
 
     def on_headers_complete(self) -> None:
         status = self._parser.get_status_code()

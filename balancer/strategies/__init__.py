@@ -1,31 +1,50 @@
-"""Balancing strategies: each a small class behind the `Strategy` protocol, found by name."""
+"""Balancing strategies: each a small class behind the `Strategy` protocol, found by name.
+
+A strategy only chooses among the candidates it is given (never empty: eligibility, sticky
+sessions, slow start, the 503 and accounting live once in the pool and the proxy). It reads the
+backends' live stats and never awaits. Randomness and time are injected so tests are exact.
+"""
 
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
-from typing import Protocol
+import time
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Protocol
 
-from balancer.backend import Backend
+from balancer.config import AdaptiveWeights
+from balancer.strategies.adaptive import Adaptive
+from balancer.strategies.consistent_hash import ConsistentHash
+from balancer.strategies.least_connections import LeastConnections
+from balancer.strategies.p2c import PowerOfTwo
+from balancer.strategies.response_time import ResponseTime
 from balancer.strategies.round_robin import RoundRobin
+from balancer.strategies.weighted import Weighted
+
+if TYPE_CHECKING:
+    from balancer.backend import Backend
 
 
 class Strategy(Protocol):
     """Picks one backend from the routable candidates: pure, never awaits.
 
-    Eligibility, stickiness, the 503 and accounting live once in the caller; `candidates` is
-    never empty.
+    `key` is the request's hash key for strategies that set `needs_key` (consistent_hash).
     """
 
-    def pick(self, candidates: Sequence[Backend]) -> Backend: ...
+    def pick(self, candidates: Sequence[Backend], key: bytes | None = None) -> Backend: ...
 
 
-class StrategyFactory(Protocol):
-    def __call__(self, rng: random.Random) -> Strategy: ...
-
+Clock = Callable[[], float]
+StrategyFactory = Callable[[random.Random, Clock, AdaptiveWeights], Strategy]
 
 STRATEGIES: dict[str, StrategyFactory] = {
-    "round_robin": RoundRobin,
+    "round_robin": lambda rng, clock, weights: RoundRobin(rng),
+    "weighted": lambda rng, clock, weights: Weighted(rng),
+    "least_connections": lambda rng, clock, weights: LeastConnections(rng),
+    "response_time": lambda rng, clock, weights: ResponseTime(rng, clock),
+    "adaptive": lambda rng, clock, weights: Adaptive(weights, rng, clock),
+    "p2c": lambda rng, clock, weights: PowerOfTwo(rng, clock),
+    "consistent_hash": lambda rng, clock, weights: ConsistentHash(rng),
 }
 
 
@@ -33,7 +52,13 @@ class UnknownStrategy(ValueError):
     pass
 
 
-def make_strategy(name: str, rng: random.Random | None = None) -> Strategy:
+def make_strategy(
+    name: str,
+    *,
+    adaptive: AdaptiveWeights | None = None,
+    rng: random.Random | None = None,
+    clock: Clock = time.monotonic,
+) -> Strategy:
     try:
         factory = STRATEGIES[name]
     except KeyError:
@@ -41,4 +66,9 @@ def make_strategy(name: str, rng: random.Random | None = None) -> Strategy:
             f"strategy {name!r} is not available in this version "
             f"(available: {', '.join(sorted(STRATEGIES))})"
         ) from None
-    return factory(rng or random.Random())
+    return factory(rng or random.Random(), clock, adaptive or AdaptiveWeights())
+
+
+def needs_key(strategy: Strategy) -> bool:
+    """Whether the strategy hashes a request key (the proxy then extracts it)."""
+    return bool(getattr(strategy, "needs_key", False))

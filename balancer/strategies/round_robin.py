@@ -20,7 +20,7 @@ class RoundRobin:
     def __init__(self, rng: random.Random | None = None) -> None:
         self._next = 0
 
-    def pick(self, candidates: Sequence[Backend]) -> Backend:
+    def pick(self, candidates: Sequence[Backend], key: bytes | None = None) -> Backend:
         index = self._next % len(candidates)
         self._next = index + 1
         return candidates[index]
