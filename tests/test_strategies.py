@@ -1,0 +1,184 @@
+"""Every strategy through one conformance suite, then each by its own promise."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections import Counter
+from collections.abc import Callable
+
+import pytest
+
+from balancer.backend import Backend
+from balancer.config import AdaptiveWeights, BackendConfig
+from balancer.pool import Pool
+from balancer.strategies import STRATEGIES, UnknownStrategy, make_strategy
+from balancer.strategies.consistent_hash import ConsistentHash
+from balancer.upstream import UpstreamPool
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+MakeBackend = Callable[..., Backend]
+
+
+@pytest.fixture
+async def make_backend() -> MakeBackend:
+    loop = asyncio.get_running_loop()
+
+    def make(name: str, weight: int = 1, clock: Callable[[], float] | None = None) -> Backend:
+        upstream = UpstreamPool(
+            "127.0.0.1", 9, use_tls=False, connect_timeout=1, read_timeout=1, loop=loop
+        )
+        config = BackendConfig(f"http://127.0.0.1:{9}", name, weight)
+        return Backend(config, upstream, clock=clock or Clock())
+
+    return make
+
+
+def strategy(name: str, seed: int = 1, clock: Callable[[], float] | None = None) -> object:
+    return make_strategy(name, rng=random.Random(seed), clock=clock or Clock())
+
+
+@pytest.mark.parametrize("name", sorted(STRATEGIES))
+class TestConformance:
+    async def test_one_candidate_is_always_picked(
+        self, name: str, make_backend: MakeBackend
+    ) -> None:
+        only = make_backend("a")
+        chosen = strategy(name)
+        assert {chosen.pick((only,), b"k%d" % i) for i in range(20)} == {only}  # type: ignore[attr-defined]
+
+    async def test_no_candidate_is_503_in_the_pool(
+        self, name: str, make_backend: MakeBackend
+    ) -> None:
+        backend = make_backend("a", weight=0)
+        assert Pool((backend,), make_strategy(name)).pick() is None
+
+    async def test_picks_only_candidates_and_every_one_of_them(
+        self, name: str, make_backend: MakeBackend
+    ) -> None:
+        backends = tuple(make_backend(n) for n in "abc")
+        chosen = strategy(name)
+        picks = Counter(chosen.pick(backends, b"key-%d" % i).name for i in range(300))  # type: ignore[attr-defined]
+        assert set(picks) == {"a", "b", "c"}
+
+    async def test_down_then_up(self, name: str, make_backend: MakeBackend) -> None:
+        backends = tuple(make_backend(n) for n in "abc")
+        pool = Pool(backends, make_strategy(name, rng=random.Random(3)))
+        backends[1].set_health("unhealthy")
+        assert "b" not in {pool.pick(key=b"k%d" % i).name for i in range(100)}  # type: ignore[union-attr]
+        backends[1].set_health("healthy")
+        assert "b" in {pool.pick(key=b"k%d" % i).name for i in range(300)}  # type: ignore[union-attr]
+
+    async def test_swapping_the_strategy_keeps_the_stats(
+        self, name: str, make_backend: MakeBackend
+    ) -> None:
+        backends = tuple(make_backend(n) for n in "ab")
+        pool = Pool(backends, make_strategy("round_robin"))
+        backends[0].observe_latency(0.2)
+        backends[0].requests_total = 7
+        pool.strategy = make_strategy(name)
+        assert pool.pick(key=b"x") in backends
+        assert backends[0].requests_total == 7 and backends[0].latency_ewma == 0.2
+
+
+async def test_unknown_strategy_lists_the_available_ones() -> None:
+    with pytest.raises(UnknownStrategy, match="available: adaptive, consistent_hash"):
+        make_strategy("fastest")
+
+
+async def test_round_robin_exact_sequence(make_backend: MakeBackend) -> None:
+    backends = tuple(make_backend(n) for n in "abc")
+    chosen = strategy("round_robin")
+    assert "".join(chosen.pick(backends).name for _ in range(7)) == "abcabca"  # type: ignore[attr-defined]
+
+
+async def test_weighted_is_smooth_like_nginx(make_backend: MakeBackend) -> None:
+    backends = (make_backend("a", 5), make_backend("b", 1), make_backend("c", 1))
+    chosen = strategy("weighted")
+    assert "".join(chosen.pick(backends).name for _ in range(14)) == "aabacaa" * 2  # type: ignore[attr-defined]
+
+
+async def test_weighted_three_to_one_exactly(make_backend: MakeBackend) -> None:
+    backends = (make_backend("a", 3), make_backend("b", 1))
+    chosen = strategy("weighted")
+    assert Counter(chosen.pick(backends).name for _ in range(400)) == {"a": 300, "b": 100}  # type: ignore[attr-defined]
+
+
+async def test_least_connections_per_weight_with_fair_ties(make_backend: MakeBackend) -> None:
+    a, b, c = make_backend("a"), make_backend("b"), make_backend("c", 2)
+    a.in_flight, b.in_flight, c.in_flight = 1, 1, 2  # c: 2 / weight 2 = 1 too: a three-way tie
+    chosen = strategy("least_connections")
+    assert set(chosen.pick((a, b, c)).name for _ in range(60)) == {"a", "b", "c"}  # type: ignore[attr-defined]
+    b.in_flight = 0
+    assert {chosen.pick((a, b, c)).name for _ in range(20)} == {"b"}  # type: ignore[attr-defined]
+
+
+async def test_response_time_prefers_the_fast_and_retries_the_slow_after_decay(
+    make_backend: MakeBackend,
+) -> None:
+    clock = Clock()
+    fast, slow = make_backend("fast", clock=clock), make_backend("slow", clock=clock)
+    fast.observe_latency(0.010)
+    slow.observe_latency(0.050)
+    chosen = strategy("response_time", clock=clock)
+    assert {chosen.pick((fast, slow)).name for _ in range(10)} == {"fast"}  # type: ignore[attr-defined]
+    fast.in_flight = 5  # 0.010 x 6 > 0.050 x 1: no herding onto the fastest
+    assert chosen.pick((fast, slow)).name == "slow"  # type: ignore[attr-defined]
+    fast.in_flight = 0
+    fast.observe_latency(0.010)  # fast keeps being measured; slow is not
+    clock.now += 15  # three half-lives: slow's 50 ms reads as 6.25 ms
+    fast.latency_updated_at = clock.now
+    assert chosen.pick((fast, slow)).name == "slow"  # type: ignore[attr-defined]
+
+
+async def test_adaptive_score_follows_the_spec(make_backend: MakeBackend) -> None:
+    clock = Clock()
+    a, b = make_backend("a", clock=clock), make_backend("b", clock=clock)
+    a.in_flight, b.in_flight = 4, 2
+    a.observe_latency(0.020)
+    b.observe_latency(0.010)
+    a.report_load(0.1, 0.2)  # b reports nothing: 0.5 each
+    chosen = make_strategy(
+        "adaptive", adaptive=AdaptiveWeights(), rng=random.Random(1), clock=clock
+    )
+    # a: 0.4*1 + 0.3*1 + 0.2*0.1 + 0.1*0.2 = 0.74; b: 0.4*0.5 + 0.3*0.5 + 0.2*0.5 + 0.1*0.5 = 0.5
+    assert chosen.score(a, 4, 0.020, clock.now) == pytest.approx(0.74)  # type: ignore[attr-defined]
+    assert chosen.score(b, 4, 0.020, clock.now) == pytest.approx(0.5)  # type: ignore[attr-defined]
+    assert chosen.pick((a, b)).name == "b"
+    clock.now += 31  # a's report is stale now: neutral 0.5 again
+    a.latency_updated_at = b.latency_updated_at = clock.now
+    assert chosen.score(a, 4, 0.020, clock.now) == pytest.approx(0.4 + 0.3 + 0.1 + 0.05)  # type: ignore[attr-defined]
+
+
+async def test_p2c_never_lets_the_worse_of_a_pair_win(make_backend: MakeBackend) -> None:
+    backends = tuple(make_backend(n) for n in "abcd")
+    for index, backend in enumerate(backends):
+        backend.observe_latency(0.01 * (index + 1))  # a best, d worst
+    chosen = strategy("p2c", seed=7)
+    picks = Counter(chosen.pick(backends).name for _ in range(600))  # type: ignore[attr-defined]
+    assert "d" not in picks  # d loses every pair it is in
+    assert picks["a"] > picks["b"] > picks["c"] > 0
+
+
+async def test_consistent_hash_moves_only_the_keys_of_a_backend_that_leaves(
+    make_backend: MakeBackend,
+) -> None:
+    backends = tuple(make_backend(n) for n in ("app1", "app2", "app3"))
+    chosen = ConsistentHash(random.Random(1))
+    keys = [b"client-%d" % i for i in range(6000)]
+    before = {k: chosen.pick(backends, k).name for k in keys}
+    assert {chosen.pick(backends, k).name for k in keys[:50]} == {before[k] for k in keys[:50]}
+    shares = Counter(before.values())
+    assert all(1400 < count < 2600 for count in shares.values()), shares
+    after = {k: chosen.pick(backends[:2], k).name for k in keys}  # app3 leaves
+    moved = [k for k in keys if before[k] != after[k]]
+    assert all(before[k] == "app3" for k in moved)  # nobody else's keys move
+    assert len(moved) == shares["app3"]  # ~1/3 of the keys, exactly app3's
