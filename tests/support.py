@@ -73,6 +73,10 @@ class Backend:
     def set_healthy(self, healthy: bool) -> None:
         self.health["status"] = 200 if healthy else 503
 
+    def set_delay(self, seconds: float) -> None:
+        """Make the catch-all route this much slower."""
+        self.health["delay"] = seconds
+
     async def stop(self) -> None:
         await self.runner.cleanup()
 
@@ -99,6 +103,8 @@ def backend_app(name: str, seen: list[Seen], health: dict[str, Any]) -> web.Appl
 
     async def echo(request: web.Request) -> web.StreamResponse:
         entry = await record(request)
+        if delay := health.get("delay"):
+            await asyncio.sleep(delay)
         return web.json_response(
             {
                 "backend": name,

@@ -1,0 +1,78 @@
+"""Strategies through the real balancer, with real fast and slow backends."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+
+import aiohttp
+import pytest
+
+from conftest import StartBalancer
+from support import Backend, Balancer
+
+
+async def shares(
+    session: aiohttp.ClientSession,
+    balancer: Balancer,
+    total: int,
+    concurrency: int = 4,
+    headers: dict[str, str] | None = None,
+) -> Counter[str]:
+    served: Counter[str] = Counter()
+    remaining = iter(range(total))
+
+    async def client() -> None:
+        for _ in remaining:
+            async with session.get(balancer.url + "/", headers=headers) as response:
+                assert response.status == 200
+                served[response.headers["X-Backend"]] += 1
+
+    await asyncio.gather(*(client() for _ in range(concurrency)))
+    return served
+
+
+@pytest.mark.parametrize("strategy", ["response_time", "adaptive", "p2c", "least_connections"])
+async def test_load_aware_strategies_send_less_to_a_slow_backend(
+    strategy: str,
+    backends: list[Backend],
+    balancer_factory: StartBalancer,
+    session: aiohttp.ClientSession,
+) -> None:
+    backends[1].set_delay(0.05)  # b1 is slow
+    balancer = await balancer_factory([b.url for b in backends], f"strategy: {strategy}\n")
+    served = await shares(session, balancer, 200)
+    assert served["b0"] > 2 * served["b1"], served
+
+
+async def test_round_robin_splits_evenly_whatever_the_speed(
+    backends: list[Backend], balancer_factory: StartBalancer, session: aiohttp.ClientSession
+) -> None:
+    backends[1].set_delay(0.02)
+    balancer = await balancer_factory([b.url for b in backends])
+    served = await shares(session, balancer, 100, concurrency=1)
+    assert served == {"b0": 50, "b1": 50}
+
+
+async def test_weighted_from_yaml(
+    backends: list[Backend], balancer_factory: StartBalancer, session: aiohttp.ClientSession
+) -> None:
+    config = (
+        "listen: 127.0.0.1:0\nadmin: {listen: 127.0.0.1:0}\nstrategy: weighted\nbackends:\n"
+        f"  - url: {backends[0].url}\n    weight: 3\n  - url: {backends[1].url}\n"
+    )
+    balancer = await balancer_factory([], config=config)
+    assert await shares(session, balancer, 80, concurrency=1) == {"b0": 60, "b1": 20}
+
+
+async def test_consistent_hash_on_a_header_keeps_each_user_on_one_backend(
+    backends: list[Backend], balancer_factory: StartBalancer, session: aiohttp.ClientSession
+) -> None:
+    config = "strategy: consistent_hash\nhash:\n  on: header\n  name: X-User\n"
+    balancer = await balancer_factory([b.url for b in backends], config)
+    owners = {}
+    for user in range(40):
+        served = await shares(session, balancer, 5, concurrency=1, headers={"X-User": f"u{user}"})
+        assert len(served) == 1, served  # always the same backend for one user
+        owners[user] = next(iter(served))
+    assert set(owners.values()) == {"b0", "b1"}  # users spread over both
