@@ -15,6 +15,7 @@ from balancer.backend import Backend, Mode
 from balancer.config import Config
 from balancer.metrics import exposition, make_registry
 from balancer.pool import Pool
+from balancer.sticky.store import SessionStore
 
 log = logging.getLogger("balancer.admin")
 
@@ -47,15 +48,17 @@ def backend_status(backend: Backend) -> dict[str, Any]:
     }
 
 
-def status(config: Config, pool: Pool, uptime_seconds: float) -> dict[str, Any]:
+def status(
+    config: Config, pool: Pool, store: SessionStore, uptime_seconds: float
+) -> dict[str, Any]:
     return {
         "version": __version__,
         "strategy": config.strategy,
         "uptime_seconds": round(uptime_seconds, 3),
         "sticky": {
             "mode": config.sticky.mode,
-            "store": "redis" if config.redis.url else "memory",
-            "available": True,
+            "store": store.kind,
+            "available": store.available,
         },
         "queued": pool.queued,
         "backends": [backend_status(b) for b in pool.backends],
@@ -63,13 +66,17 @@ def status(config: Config, pool: Pool, uptime_seconds: float) -> dict[str, Any]:
 
 
 def make_admin_app(
-    config: Config, pool: Pool, *, clock: Callable[[], float] = time.monotonic
+    config: Config,
+    pool: Pool,
+    store: SessionStore,
+    *,
+    clock: Callable[[], float] = time.monotonic,
 ) -> web.Application:
     started = clock()
-    registry = make_registry(pool)
+    registry = make_registry(pool, store)
 
     async def get_status(request: web.Request) -> web.Response:
-        return web.json_response(status(config, pool, clock() - started))
+        return web.json_response(status(config, pool, store, clock() - started))
 
     async def get_metrics(request: web.Request) -> web.Response:
         return web.Response(

@@ -55,12 +55,14 @@ def request_head(
     default_host: bytes,
     body_framing: bytes | None,
     upgrade: bytes | None = None,
+    drop_cookie: bytes | None = None,
 ) -> bytes:
     """Serialise the request head sent to a backend.
 
     `body_framing` is the framing line for the body (`Content-Length: n` or
     `Transfer-Encoding: chunked`) or None for no body; `upgrade` the protocol of a tunnelled
-    Upgrade request (the one exception to hop-by-hop removal, SPEC §4).
+    Upgrade request (the one exception to hop-by-hop removal, SPEC §4); `drop_cookie` the
+    balancer's own sticky cookie, which backends never see (SPEC §2).
     """
     dropped = _dropped_names(raw_headers)
     parts = [f"{method} {target} HTTP/1.1\r\n".encode("latin-1")]
@@ -75,6 +77,10 @@ def request_head(
             continue
         if lname == b"host":
             host = value
+        elif lname == b"cookie" and drop_cookie is not None:
+            value = without_cookie(value, drop_cookie)
+            if not value:
+                continue
         parts += (name, b": ", value, b"\r\n")
     if not host:
         # An HTTP/1.0 client may send no Host; the backend still needs one (RFC 9112 3.2).
@@ -90,6 +96,12 @@ def request_head(
         parts += (body_framing, b"\r\n")
     parts.append(b"\r\n")
     return b"".join(parts)
+
+
+def without_cookie(header: bytes, name: bytes) -> bytes:
+    """A Cookie header value without the pairs named `name`."""
+    pairs = [p for p in header.split(b";") if p.strip().partition(b"=")[0] != name]
+    return b";".join(pairs).strip()
 
 
 def content_length(raw_headers: Iterable[tuple[bytes, bytes]]) -> int | None:

@@ -19,6 +19,7 @@ from prometheus_client.registry import Collector
 
 from balancer.backend import DURATION_BUCKETS, RequestStats
 from balancer.pool import Pool
+from balancer.sticky.store import SessionStore
 
 # The `backend` label of requests answered without one (503: nothing routable).
 NO_BACKEND = "none"
@@ -26,8 +27,9 @@ BREAKER_STATES = {"closed": 0, "half_open": 1, "open": 2}
 
 
 class PoolCollector(Collector):
-    def __init__(self, pool: Pool) -> None:
+    def __init__(self, pool: Pool, store: SessionStore) -> None:
         self.pool = pool
+        self.store = store
 
     def collect(self) -> Iterator[Metric]:
         pool = self.pool
@@ -78,7 +80,16 @@ class PoolCollector(Collector):
             failures.add_metric([name], backend.failures_total)
             latency.add_metric([name], backend.latency_ewma)
         _add_requests(requests, durations, NO_BACKEND, pool.unrouted)
+        sticky = GaugeMetricFamily(
+            "balancer_sticky_store_available",
+            "1 when the session store answers (Redis reachable; always 1 in process)",
+            labels=["store"],
+        )
+        sticky.add_metric([self.store.kind], 1.0 if self.store.available else 0.0)
+        queued = GaugeMetricFamily("balancer_queued_requests", "Requests waiting for a slot")
+        queued.add_metric([], pool.queued)
         yield from (requests, durations, healthy, in_flight, breaker, attempts, failures, latency)
+        yield from (sticky, queued)
 
 
 def _add_requests(
@@ -104,9 +115,9 @@ def _le(bound: float) -> str:
     return repr(float(bound))
 
 
-def make_registry(pool: Pool) -> CollectorRegistry:
+def make_registry(pool: Pool, store: SessionStore) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(PoolCollector(pool))
+    registry.register(PoolCollector(pool, store))
     return registry
 
 

@@ -29,6 +29,7 @@ class Pool:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.backends = backends
+        self._by_name = {b.name: b for b in backends}
         self.strategy = strategy
         self.slow_start = slow_start
         self._rng = rng or random.Random()
@@ -59,10 +60,7 @@ class Pool:
         self._wake_waiter()
 
     def by_name(self, name: str) -> Backend | None:
-        for backend in self.backends:
-            if backend.name == name:
-                return backend
-        return None
+        return self._by_name.get(name)
 
     def pick(self, exclude: Collection[Backend] = (), key: bytes | None = None) -> Backend | None:
         """A backend for a new request, or None when none is routable."""

@@ -16,6 +16,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from http import HTTPStatus
 
 from aiohttp import HttpVersion, web
@@ -35,6 +36,7 @@ from balancer.load import parse_load
 from balancer.pool import Pool
 from balancer.response import CHUNKED_END, Sent, chunk, has_body
 from balancer.response import response_head as response_head_bytes
+from balancer.sticky import Sticky
 from balancer.strategies import needs_key
 from balancer.upstream import ResponseHead, UpstreamConnection
 
@@ -44,6 +46,16 @@ log = logging.getLogger("balancer.proxy")
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 HTTP11 = HttpVersion(1, 1)
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+
+@dataclass(slots=True)
+class StickyPlan:
+    """A request's sticky session: its key, the backend it is pinned to (None: the strategy
+    picks, and the key is remembered), and a new cookie to issue (cookie mode)."""
+
+    key: str | None
+    pinned: Backend | None
+    cookie: str | None
 
 
 class RetryBudget:
@@ -70,6 +82,7 @@ class Proxy:
         proto: str = "http",
         hash_on: str = "ip",
         hash_name: str | None = None,
+        sticky: Sticky | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.pool = pool
@@ -78,6 +91,7 @@ class Proxy:
         self.max_body = max_body
         self.retry_after = str(max(1, math.ceil(retry_after)))
         self.proto = proto
+        self.sticky = sticky
         self.clock = clock
         self.request_key = key_getter(hash_on, hash_name) if needs_key(pool.strategy) else None
 
@@ -101,14 +115,20 @@ class Proxy:
             default_host=host,
             body_framing=framing,
             upgrade=websocket,
+            drop_cookie=self.sticky.own_cookie if self.sticky is not None else None,
         )
         key = self.request_key(request) if self.request_key is not None else None
+        plan = await self._sticky_plan(request) if self.sticky is not None else None
         tried: list[Backend] = []
         last_error: ProxyError | None = None
         retrying = False
         try:
             while True:
-                backend = pool.pick(tried, key)
+                backend: Backend | None
+                if plan is not None and plan.pinned is not None and not tried:
+                    backend = plan.pinned
+                else:
+                    backend = pool.pick(tried, key)
                 if backend is None and pool.all_full(tried):
                     backend = await pool.wait_for_slot(tried, key)
                 if backend is None:
@@ -118,7 +138,9 @@ class Proxy:
                     )
                 tried.append(backend)
                 try:
-                    return await self._attempt(backend, request, head, framing, websocket, started)
+                    return await self._attempt(
+                        backend, request, head, framing, websocket, started, plan
+                    )
                 except ClientGone as exc:
                     self._finish(backend, exc.status, started)  # 499, as nginx logs it
                     return Sent(exc.status, keep_alive=False)
@@ -135,6 +157,46 @@ class Proxy:
         finally:
             if retrying:
                 self.retry_budget.in_flight -= 1
+
+    async def _sticky_plan(self, request: web.BaseRequest) -> StickyPlan:
+        """Where the client is pinned, if anywhere it can still go, and what to remember."""
+        sticky = self.sticky
+        assert sticky is not None
+        key = sticky.key(request)
+        if key is None:
+            if sticky.mode != "cookie":
+                return StickyPlan(None, None, None)
+            key, cookie = sticky.new_cookie()  # a new client: it gets the cookie
+            return StickyPlan(key, None, cookie)
+        name = await sticky.store.get(key)
+        pinned = self.pool.by_name(name) if name is not None else None
+        if pinned is not None and (not pinned.takes_sticky or pinned.full):
+            pinned = None  # re-pinned to whatever the strategy picks (SPEC §2)
+        return StickyPlan(key, pinned, None)
+
+    async def _stick(
+        self,
+        plan: StickyPlan,
+        backend: Backend,
+        response_head: ResponseHead,
+        request: web.BaseRequest,
+    ) -> bytes | None:
+        """Remember the mapping before the response goes out; the cookie line to add."""
+        sticky = self.sticky
+        assert sticky is not None
+        if sticky.mode == "learn":
+            learned = sticky.learned_key(response_head.raw_headers)
+            if learned is not None:
+                await sticky.store.set(learned, backend.name)
+            elif plan.key is not None and plan.pinned is not backend:
+                await sticky.store.set(plan.key, backend.name)
+            return None
+        if plan.key is not None and plan.pinned is not backend:
+            await sticky.store.set(plan.key, backend.name)
+        if plan.cookie is None:
+            return None
+        secure = self.proto == "https" or request.headers.get("X-Forwarded-Proto") == "https"
+        return sticky.set_cookie_line(plan.cookie, secure)
 
     def _may_retry(self, exc: ProxyError, method: str, framing: bytes | None, tries: int) -> bool:
         if tries > self.retries:
@@ -155,6 +217,7 @@ class Proxy:
         framing: bytes | None,
         websocket: bytes | None,
         started: float,
+        plan: StickyPlan | None,
     ) -> Sent:
         with backend.attempt() as attempt:
             upstream = backend.upstream
@@ -177,17 +240,27 @@ class Proxy:
                     conn.reusable = False
                     upload.cancel()
                     client_keep_alive = False
+                extra = None
+                if plan is not None:
+                    extra = await self._stick(plan, backend, response_head, request)
                 if response_head.status == 101:
                     if websocket is None:
                         raise BadBackendResponse("backend switched protocols unasked")
                     return await tunnel.relay(request, conn, response_head, attempt, self._finish)
                 if conn.complete or not has_body(request.method, response_head.status):
                     sent = self._respond_now(
-                        request, conn, response_head, backend, started, client_keep_alive
+                        request, conn, response_head, backend, started, client_keep_alive, extra
                     )
                 else:
                     sent = await self._stream(
-                        request, conn, response_head, attempt, backend, started, client_keep_alive
+                        request,
+                        conn,
+                        response_head,
+                        attempt,
+                        backend,
+                        started,
+                        client_keep_alive,
+                        extra,
                     )
             except BaseException:
                 conn.close()
@@ -209,6 +282,7 @@ class Proxy:
         backend: Backend,
         started: float,
         keep_alive: bool,
+        extra: bytes | None,
     ) -> Sent:
         """Send a response that is all here already (or has no body): one write."""
         status, reason, raw, _ = response_head
@@ -225,6 +299,7 @@ class Proxy:
                 http10=http10,
                 keep_alive=keep_alive,
                 framing=b"Content-Length: %d" % len(body),
+                extra=extra,
             )
             transport.writelines((head, body))
         else:
@@ -236,6 +311,7 @@ class Proxy:
                 keep_alive=keep_alive,
                 framing=None,
                 length_for_head=status != 204,
+                extra=extra,
             )
             transport.write(head)
         self._finish(backend, status, started)
@@ -250,6 +326,7 @@ class Proxy:
         backend: Backend,
         started: float,
         keep_alive: bool,
+        extra: bytes | None,
     ) -> Sent:
         """Stream a response body to the client as it arrives, re-framed."""
         status, reason, raw, _ = response_head
@@ -269,7 +346,13 @@ class Proxy:
             framing, keep_alive = None, False  # HTTP/1.0: the end of the body is the close
         transport.write(
             response_head_bytes(
-                status, reason, raw, http10=http10, keep_alive=keep_alive, framing=framing
+                status,
+                reason,
+                raw,
+                http10=http10,
+                keep_alive=keep_alive,
+                framing=framing,
+                extra=extra,
             )
         )
         writer = request.writer

@@ -59,12 +59,14 @@ def response_head(
     framing: bytes | None,
     length_for_head: bool = False,
     keep_upgrade: bool = False,
+    extra: bytes | None = None,
 ) -> bytes:
     """The response head the client gets.
 
     `framing` is the framing field line to add (`Content-Length: n`, `Transfer-Encoding:
     chunked`) or None; `length_for_head` keeps the backend's Content-Length on a HEAD or 304
-    answer (the size GET would give).
+    answer (the size GET would give); `extra` one more field line of the balancer's own (its
+    sticky cookie).
     """
     dropped = _DROP_FROM_RESPONSE
     if keep_upgrade:
@@ -76,6 +78,8 @@ def response_head(
         assert parts is not None
     version = b"HTTP/1.0 " if http10 else b"HTTP/1.1 "
     parts[0] = b"%s%d %s\r\n" % (version, status, reason.encode("latin-1"))
+    if extra is not None:
+        parts += (extra, b"\r\n")
     if framing is not None:
         parts += (framing, b"\r\n")
     if not keep_upgrade:

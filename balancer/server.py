@@ -19,6 +19,9 @@ from balancer.front import FrontServer
 from balancer.health import HealthChecker
 from balancer.pool import Pool
 from balancer.proxy import Proxy, RetryBudget
+from balancer.sticky import Sticky
+from balancer.sticky.redis_store import RedisStore
+from balancer.sticky.store import MemoryStore, SessionStore
 from balancer.strategies import make_strategy
 from balancer.upstream import UpstreamPool
 
@@ -63,6 +66,13 @@ def build_backend(config: Config, bc: BackendConfig, loop: asyncio.AbstractEvent
     return backend
 
 
+def make_store(config: Config) -> SessionStore:
+    """Redis when `redis.url` is set (shared by every instance), else this process."""
+    if config.redis.url:
+        return RedisStore(config.redis.url, config.sticky.ttl)
+    return MemoryStore(config.sticky.ttl)
+
+
 def build_pool(config: Config, loop: asyncio.AbstractEventLoop) -> Pool:
     backends = tuple(build_backend(config, bc, loop) for bc in config.backends)
     return Pool(
@@ -97,6 +107,10 @@ async def serve(config: Config, *, announce: Callable[[str], None] = print) -> N
     check_parser()
     loop = asyncio.get_running_loop()
     pool = build_pool(config, loop)
+    store = make_store(config)
+    sticky = Sticky(config.sticky, store) if config.sticky.mode != "off" else None
+    if isinstance(store, RedisStore):
+        await store.connect()  # never blocks start: a Redis that is down is retried
     proxy = Proxy(
         pool,
         retries=config.retries,
@@ -105,11 +119,12 @@ async def serve(config: Config, *, announce: Callable[[str], None] = print) -> N
         retry_after=max(1, round(config.health_check.interval)),
         hash_on=config.hash.on,
         hash_name=config.hash.name,
+        sticky=sticky,
     )
     front = FrontServer(proxy.handle, limits=config.limits, timeouts=config.timeouts)
     runner = web.ServerRunner(front, handle_signals=False, shutdown_timeout=config.shutdown_timeout)
     admin_runner = web.AppRunner(
-        make_admin_app(config, pool), handle_signals=False, access_log=None
+        make_admin_app(config, pool, store), handle_signals=False, access_log=None
     )
     health = HealthChecker(pool.backends, config.health_check, loop=loop)
     await runner.setup()
@@ -140,6 +155,7 @@ async def serve(config: Config, *, announce: Callable[[str], None] = print) -> N
             log.warning("shutdown_timeout passed: cancelled %d request(s) still in flight", cut[0])
         await health.stop()
         await admin_runner.cleanup()
+        await store.close()
         pool.close()
     log.info("stopped")
 

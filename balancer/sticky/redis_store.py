@@ -1,0 +1,131 @@
+"""Sticky mappings in Redis, shared by every balancer process and instance (SPEC §2).
+
+Every call has a short timeout (Redis slow is Redis down for a request path). While Redis is
+unreachable the store says `available = False`, serves and records mappings in the in-process
+store, and one background task reconnects with backoff capped at 5 s; the outage and the
+recovery are each logged once. A near cache in this process holds a mapping it read or wrote
+for `near_ttl` seconds (never an absence), so a hot session does not cost a round trip per
+request while instances still converge within `near_ttl`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+
+from balancer.sticky.store import MemoryStore
+
+log = logging.getLogger("balancer.sticky")
+
+CALL_TIMEOUT = 0.05
+MAX_BACKOFF = 5.0
+NEAR_TTL = 1.0
+
+
+class RedisStore:
+    kind = "redis"
+
+    def __init__(
+        self,
+        url: str,
+        ttl: float,
+        *,
+        namespace: str = "balancer:sticky:",
+        call_timeout: float = CALL_TIMEOUT,
+        near_ttl: float = NEAR_TTL,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.url = url
+        self.ttl = ttl
+        self.namespace = namespace
+        self.call_timeout = call_timeout
+        self._ttl_ms = max(1, int(ttl * 1000))
+        self._redis = aioredis.Redis.from_url(
+            url,
+            socket_timeout=call_timeout,
+            socket_connect_timeout=max(call_timeout, 0.2),
+            retry_on_timeout=False,
+            retry=Retry(NoBackoff(), 0),  # a failed call falls back at once, no retry
+            decode_responses=True,
+        )
+        self.fallback = MemoryStore(ttl, clock=clock)
+        self._near = MemoryStore(near_ttl, max_entries=10_000, clock=clock)
+        self.available = True
+        self._reconnect: asyncio.Task[None] | None = None
+        self.errors_total = 0
+
+    async def get(self, key: str) -> str | None:
+        if (backend := self._near.get_now(key)) is not None:
+            return backend
+        if not self.available:
+            return self.fallback.get_now(key)
+        try:
+            async with asyncio.timeout(self.call_timeout):
+                value = await self._redis.getex(self.namespace + key, px=self._ttl_ms)
+        except (RedisError, OSError, TimeoutError) as exc:
+            self._lost(exc)
+            return self.fallback.get_now(key)
+        if not isinstance(value, str):
+            return None  # absence is never cached
+        self._near.set_now(key, value)
+        return value
+
+    async def set(self, key: str, backend: str) -> None:
+        self._near.set_now(key, backend)
+        self.fallback.set_now(key, backend)
+        if not self.available:
+            return
+        try:
+            async with asyncio.timeout(self.call_timeout):
+                await self._redis.set(self.namespace + key, backend, px=self._ttl_ms)
+        except (RedisError, OSError, TimeoutError) as exc:
+            self._lost(exc)
+
+    async def connect(self) -> None:
+        """Check Redis at start; when it is down, retry in the background (never block)."""
+        try:
+            async with asyncio.timeout(max(self.call_timeout, 0.2)):
+                await self._redis.ping()
+        except (RedisError, OSError, TimeoutError) as exc:
+            self._lost(exc)
+
+    async def close(self) -> None:
+        if self._reconnect is not None:
+            self._reconnect.cancel()
+            await asyncio.gather(self._reconnect, return_exceptions=True)
+        await self._redis.aclose()
+
+    def _lost(self, exc: BaseException) -> None:
+        self.errors_total += 1
+        if not self.available:
+            return
+        self.available = False
+        log.warning(
+            "Redis at %s unavailable (%s): sticky sessions are kept in this process until it "
+            "returns",
+            self.url,
+            type(exc).__name__ if not str(exc) else exc,
+        )
+        self._reconnect = asyncio.get_running_loop().create_task(self._reconnect_loop())
+
+    async def _reconnect_loop(self) -> None:
+        delay = 0.1
+        while True:
+            await asyncio.sleep(delay)
+            try:
+                async with asyncio.timeout(max(self.call_timeout, 0.2)):
+                    await self._redis.ping()
+            except (RedisError, OSError, TimeoutError):
+                delay = min(MAX_BACKOFF, delay * 2)
+                continue
+            self.available = True
+            self._reconnect = None
+            log.warning("Redis at %s is back: sticky sessions are shared again", self.url)
+            return
