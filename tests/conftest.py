@@ -1,12 +1,13 @@
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+import shutil
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
 import aiohttp
 import pytest
 
-from support import Backend, Balancer, start_backend, start_balancer
+from support import Backend, Balancer, RedisServer, free_port, start_backend, start_balancer
 
 StartBalancer = Callable[..., Awaitable[Balancer]]
 
@@ -45,5 +46,17 @@ async def balancer(backends: list[Backend], balancer_factory: StartBalancer) -> 
 @pytest.fixture
 async def session() -> AsyncIterator[aiohttp.ClientSession]:
     timeout = aiohttp.ClientTimeout(total=30)
-    async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar(), timeout=timeout) as client:
+    async with aiohttp.ClientSession(
+        cookie_jar=aiohttp.DummyCookieJar(), timeout=timeout
+    ) as client:
         yield client
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    if shutil.which("redis-server") is None:
+        pytest.fail("redis-server is not installed (apt-get install redis-server; .ci/run does)")
+    server = RedisServer(free_port(), tmp_path)
+    server.start()
+    yield server
+    server.kill()

@@ -4,10 +4,13 @@ raw sockets, and `eventually` (wait for a condition with a deadline, never a bar
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
 import signal
+import socket
+import subprocess
 import sys
 import textwrap
 import time
@@ -162,6 +165,14 @@ def backend_app(name: str, seen: list[Seen], health: dict[str, Any]) -> web.Appl
         response.headers.add("Set-Cookie", "b=2; Path=/")
         return response
 
+    async def login(request: web.Request) -> web.Response:
+        entry = await record(request)
+        response = web.Response(text="logged in\n", headers={"X-Backend": name})
+        response.headers.add("Set-Cookie", "theme=dark; Path=/")
+        response.headers.add("Set-Cookie", f"sid={name}-{len(seen)}; Path=/; HttpOnly")
+        del entry
+        return response
+
     async def drop(request: web.Request) -> web.Response:
         await record(request)
         assert request.transport is not None
@@ -188,6 +199,7 @@ def backend_app(name: str, seen: list[Seen], health: dict[str, Any]) -> web.Appl
     app.router.add_get("/stream", stream)
     app.router.add_post("/sink", sink)
     app.router.add_get("/cookies", cookies)
+    app.router.add_post("/login", login)
     app.router.add_route("*", "/drop", drop)
     app.router.add_get("/ws", ws)
     app.router.add_route("*", "/{tail:.*}", echo)
@@ -406,3 +418,60 @@ async def start_raw_backend(answer: bytes, *, close: bool = True) -> RawBackend:
     port = server.sockets[0].getsockname()[1]
     backend = RawBackend(f"http://127.0.0.1:{port}", server)
     return backend
+
+
+# ---------------------------------------------------------------------------------------
+# A real redis-server on a free port, killed and restarted by fault tests
+
+
+@dataclass
+class RedisServer:
+    port: int
+    directory: Path
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [
+                "redis-server",
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.directory),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with (
+                contextlib.suppress(OSError),
+                socket.create_connection(("127.0.0.1", self.port), 0.2) as conn,
+            ):
+                conn.sendall(b"PING\r\n")
+                if conn.recv(16).startswith(b"+PONG"):
+                    return
+            time.sleep(0.02)  # polling a process that is starting, with a deadline
+        raise AssertionError("redis-server did not start")
+
+    def kill(self) -> None:
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait(5)
+            self.process = None
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])

@@ -56,7 +56,9 @@ class RedisStore:
             decode_responses=True,
         )
         self.fallback = MemoryStore(ttl, clock=clock)
-        self._near = MemoryStore(near_ttl, max_entries=10_000, clock=clock)
+        # Not sliding: a hot session is re-read from Redis every near_ttl, so instances converge
+        # and Redis' own sliding TTL is refreshed.
+        self._near = MemoryStore(near_ttl, max_entries=10_000, clock=clock, sliding=False)
         self.available = True
         self._reconnect: asyncio.Task[None] | None = None
         self.errors_total = 0

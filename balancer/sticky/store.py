@@ -32,15 +32,21 @@ class SessionStore(Protocol):
 
 class MemoryStore:
     """An LRU of mappings in this process, bounded by `max_entries`, expiring after `ttl`
-    seconds without use."""
+    seconds without use (or, not `sliding`, `ttl` seconds after they were set)."""
 
     kind = "memory"
     available = True
 
     def __init__(
-        self, ttl: float, max_entries: int = 100_000, clock: Callable[[], float] = time.monotonic
+        self,
+        ttl: float,
+        max_entries: int = 100_000,
+        clock: Callable[[], float] = time.monotonic,
+        *,
+        sliding: bool = True,
     ) -> None:
         self.ttl = ttl
+        self.sliding = sliding
         self.max_entries = max_entries
         self._clock = clock
         self._entries: OrderedDict[str, tuple[str, float]] = OrderedDict()
@@ -57,8 +63,9 @@ class MemoryStore:
         if expires <= now:
             del self._entries[key]
             return None
-        self._entries[key] = (backend, now + self.ttl)
-        self._entries.move_to_end(key)
+        if self.sliding:
+            self._entries[key] = (backend, now + self.ttl)
+            self._entries.move_to_end(key)
         return backend
 
     def set_now(self, key: str, backend: str) -> None:
