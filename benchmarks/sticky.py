@@ -125,13 +125,11 @@ def main() -> int:
             )
             print("| sticky | req/s | p99 |\n| --- | ---: | ---: |")
             for mode in ("off", "on"):
-                print(
-                    f"| {mode} | {statistics.median(rps[mode]):,.0f} | {statistics.median(p99[mode]):.2f} ms |"
-                )
+                rate, tail = statistics.median(rps[mode]), statistics.median(p99[mode])
+                print(f"| {mode} | {rate:,.0f} | {tail:.2f} ms |")
             ratio = statistics.median(rps["on"]) / statistics.median(rps["off"])
-            print(
-                f"\nsticky on / off = {ratio:.2f}x (goal >= 0.8) {'PASS' if ratio >= 0.8 else 'MISSED'}"
-            )
+            verdict = "PASS" if ratio >= 0.8 else "MISSED"
+            print(f"\nsticky on / off = {ratio:.2f}x (goal >= 0.8) {verdict}")
             print(time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()))
             return 0
         finally:
