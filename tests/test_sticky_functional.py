@@ -209,3 +209,20 @@ async def test_mappings_expire_after_the_ttl_in_redis(
 
 async def _gone(client: aioredis.Redis, key: bytes) -> bool:
     return await client.exists(key) == 0
+
+
+async def test_redis_down_at_start_is_retried_in_the_background(
+    backends: list[Backend],
+    balancer_factory: StartBalancer,
+    session: aiohttp.ClientSession,
+    redis_server: RedisServer,
+) -> None:
+    redis_server.kill()
+    config = COOKIE + f"redis:\n  url: {redis_server.url}\n"
+    balancer = await balancer_factory([b.url for b in backends], config)
+    assert (await status(session, balancer))["sticky"]["available"] is False
+    first, response = await get(session, balancer.url + "/")  # served from the process store
+    cookie = {"Cookie": f"lb_session={lb_cookie(response)}"}
+    assert (await get(session, balancer.url + "/", headers=cookie))[0] == first
+    redis_server.start()
+    await eventually(lambda: _available(session, balancer), timeout=10)
