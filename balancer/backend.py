@@ -212,7 +212,7 @@ class Backend:
         return self.weight or 1
 
     def observe_latency(self, seconds: float, now: float | None = None) -> None:
-        if self.latency_ewma == 0.0:
+        if self.latency_updated_at == float("-inf"):  # the first sample (it may be 0.0)
             self.latency_ewma = seconds
         else:
             self.latency_ewma += EWMA_ALPHA * (seconds - self.latency_ewma)

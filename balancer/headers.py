@@ -67,7 +67,7 @@ def request_head(
     dropped = _dropped_names(raw_headers)
     parts = [f"{method} {target} HTTP/1.1\r\n".encode("latin-1")]
     forwarded_for: list[bytes] = []
-    host = b""
+    host: bytes | None = None
     for name, value in raw_headers:
         lname = name.lower()
         if lname in dropped or lname in _REPLACED_ON_REQUEST or lname == b"content-length":
@@ -82,13 +82,13 @@ def request_head(
             if not value:
                 continue
         parts += (name, b": ", value, b"\r\n")
-    if not host:
+    if host is None:
         # An HTTP/1.0 client may send no Host; the backend still needs one (RFC 9112 3.2).
         parts += (b"Host: ", default_host, b"\r\n")
     forwarded_for.append(client_ip.encode("latin-1"))
     parts += (b"X-Forwarded-For: ", b", ".join(forwarded_for), b"\r\n")
     parts += (b"X-Forwarded-Proto: ", proto.encode("latin-1"), b"\r\n")
-    if host:
+    if host:  # an empty Host (RFC 9112 3.2 allows it) gives no X-Forwarded-Host
         parts += (b"X-Forwarded-Host: ", host, b"\r\n")
     if upgrade is not None:
         parts += (b"Connection: Upgrade\r\nUpgrade: ", upgrade, b"\r\n")

@@ -146,7 +146,7 @@ class Proxy:
                     return Sent(exc.status, keep_alive=False)
                 except ProxyError as exc:
                     last_error = exc
-                    if not self._may_retry(exc, method, framing, len(tried)):
+                    if not self._may_retry(exc, method, framing, len(tried), backend):
                         return self._answer_error(exc, backend, started)
                     if not retrying:
                         retrying = True
@@ -198,7 +198,9 @@ class Proxy:
         secure = self.proto == "https" or request.headers.get("X-Forwarded-Proto") == "https"
         return sticky.set_cookie_line(plan.cookie, secure)
 
-    def _may_retry(self, exc: ProxyError, method: str, framing: bytes | None, tries: int) -> bool:
+    def _may_retry(
+        self, exc: ProxyError, method: str, framing: bytes | None, tries: int, backend: Backend
+    ) -> bool:
         if tries > self.retries:
             return False
         if not exc.sent:
@@ -207,6 +209,11 @@ class Proxy:
             return False  # the backend may still be working on it (SPEC §4)
         elif method not in IDEMPOTENT or framing is not None:
             return False  # bytes went out: only idempotent requests with no body
+        if not backend.routable:
+            # The backend is out (its breaker opened, it is unhealthy or disabled): its share
+            # must go somewhere, and that is no storm, so the budget does not apply. When a
+            # backend dies with requests in flight, they all fail at once, far past the budget.
+            return True
         return self.retry_budget.allows(self.pool.in_flight)
 
     async def _attempt(

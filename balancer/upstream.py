@@ -125,6 +125,10 @@ class UpstreamConnection(asyncio.Protocol):
 
     # -- httptools callbacks ---------------------------------------------------------
     def on_message_begin(self) -> None:
+        if self._head is not None:
+            # A second response to one request (in the same read as the first): the framing
+            # can no longer be trusted. Raising stops llhttp; data_received closes.
+            raise BadBackendResponse("backend sent bytes after its response")
         self._raw_headers = []
         self.reported_load = None
         self._reason = b""

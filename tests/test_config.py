@@ -615,7 +615,7 @@ def test_duplicate_backend_names() -> None:
         ("listen: :8080\n", "balancer.yaml: backends: at least one backend is required"),
         ("backends:\n", "balancer.yaml:1: backends: expected a list of backends (- url: http://host:port), got nothing (null)"),
         ("backends: http://a\n", "balancer.yaml:1: backends: expected a list of backends (- url: http://host:port), got 'http://a'"),
-        ("backends:\n  - http://a\n", "balancer.yaml:2: backends[0]: expected a mapping of url, name, weight; got 'http://a'"),
+        ("backends:\n  - http://a\n", "balancer.yaml:2: backends[0]: expected a mapping of url, name, weight, backup, max_connections; got 'http://a'"),
         ("backends:\n  - name: a\n", "balancer.yaml:2: backends[0]: missing key 'url' (http://host:port)"),
         ("backends:\n  - {url: http://a, weight: -1}\n", "balancer.yaml:2: backends[0].weight: must be at least 0, got -1"),
         ("backends:\n  - {url: http://a, weight: yes}\n", "balancer.yaml:2: backends[0].weight: expected a whole number, got a boolean (true; YAML reads yes/no/on/off as booleans)"),

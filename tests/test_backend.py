@@ -1,0 +1,276 @@
+"""backend.py: the completion hook of an attempt, the stats it keeps, states and routability."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+import pytest
+
+from balancer.backend import DURATION_BUCKETS, Backend, Mode, RequestStats
+from balancer.config import BackendConfig
+from balancer.errors import (
+    BackendDropped,
+    BackendTimeout,
+    BadBackendResponse,
+    ClientGone,
+    ConnectFailed,
+    NoBackendAvailable,
+    ProxyError,
+)
+from balancer.upstream import UpstreamPool
+
+MakeBackend = Callable[..., Backend]
+
+
+class Clock:
+    """Hands out the given times in order, one per call."""
+
+    def __init__(self, *times: float) -> None:
+        self.times = list(times)
+        self.calls = 0
+
+    def __call__(self) -> float:
+        self.calls += 1
+        return self.times.pop(0)
+
+
+@pytest.fixture
+async def make_backend() -> MakeBackend:
+    loop = asyncio.get_running_loop()
+
+    def make(
+        name: str = "app1",
+        weight: int = 1,
+        clock: Callable[[], float] | None = None,
+        failure_statuses: frozenset[int] = frozenset(),
+    ) -> Backend:
+        upstream = UpstreamPool(
+            "127.0.0.1", 9001, use_tls=False, connect_timeout=1, read_timeout=1, loop=loop
+        )
+        config = BackendConfig("http://127.0.0.1:9001", name, weight)
+        return Backend(config, upstream, clock=clock or Clock(), failure_statuses=failure_statuses)
+
+    return make
+
+
+# -- the completion hook ---------------------------------------------------------------------
+
+
+async def test_in_flight_is_counted_inside_the_attempt_only(make_backend: MakeBackend) -> None:
+    backend = make_backend(clock=Clock(0.0, 0.0))
+    with backend.attempt():
+        assert backend.in_flight == 1
+        with backend.attempt():
+            assert backend.in_flight == 2
+        assert backend.in_flight == 1
+    assert backend.in_flight == 0
+    assert backend.requests_total == 2
+    assert backend.failures_total == 0
+
+
+@pytest.mark.parametrize(
+    ("error", "failure"),
+    [
+        (ConnectFailed(), True),
+        (BackendDropped(), True),
+        (BackendTimeout(), True),
+        (BadBackendResponse(), True),
+        (ProxyError(), True),
+        (ClientGone(), False),
+        (NoBackendAvailable(), False),
+        (ValueError("not a proxy error"), False),
+    ],
+    ids=lambda v: type(v).__name__ if isinstance(v, Exception) else str(v),
+)
+async def test_an_error_leaving_the_attempt_is_counted(
+    make_backend: MakeBackend, error: Exception, failure: bool
+) -> None:
+    backend = make_backend(clock=Clock(0.0))
+    with pytest.raises(type(error)), backend.attempt():
+        assert backend.in_flight == 1
+        raise error
+    assert backend.in_flight == 0
+    assert backend.requests_total == 1
+    assert backend.failures_total == int(failure)
+
+
+async def test_a_cancelled_attempt_releases_in_flight_and_is_no_failure(
+    make_backend: MakeBackend,
+) -> None:
+    backend = make_backend(clock=Clock(0.0))
+    with pytest.raises(asyncio.CancelledError), backend.attempt():
+        raise asyncio.CancelledError
+    assert (backend.in_flight, backend.requests_total, backend.failures_total) == (0, 1, 0)
+
+
+async def test_a_task_cancelled_while_awaiting_inside_the_attempt_releases_it(
+    make_backend: MakeBackend,
+) -> None:
+    backend = make_backend(clock=Clock(0.0))
+    entered = asyncio.Event()
+
+    async def request() -> None:
+        with backend.attempt():
+            entered.set()
+            await asyncio.Event().wait()  # a backend that never answers
+
+    task = asyncio.ensure_future(request())
+    await entered.wait()
+    assert backend.in_flight == 1
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert (backend.in_flight, backend.requests_total, backend.failures_total) == (0, 1, 0)
+
+
+async def test_attempt_failed_counts_a_failure_without_an_error(make_backend: MakeBackend) -> None:
+    backend = make_backend(clock=Clock(0.0))
+    with backend.attempt() as attempt:
+        attempt.failed = True  # e.g. the backend broke off mid-body, after the head
+    assert (backend.requests_total, backend.failures_total) == (1, 1)
+
+
+@pytest.mark.parametrize(("status", "failure"), [(200, False), (404, False), (503, True)])
+async def test_a_failure_status_counts_as_a_failure(
+    make_backend: MakeBackend, status: int, failure: bool
+) -> None:
+    backend = make_backend(clock=Clock(10.0, 10.5), failure_statuses=frozenset({500, 503}))
+    with backend.attempt() as attempt:
+        attempt.head_received(status)
+    assert backend.failures_total == int(failure)
+
+
+# -- latency EWMA ----------------------------------------------------------------------------
+
+
+async def test_latency_ewma_first_sample_exact_then_alpha_0_2(make_backend: MakeBackend) -> None:
+    # enter / head_received pairs: 0.125 s, then 0.25 s, then 0.0625 s to the head.
+    clock = Clock(1.0, 1.125, 2.0, 2.25, 3.0, 3.0625)
+    backend = make_backend(clock=clock)
+    expected = []
+    for _ in range(3):
+        with backend.attempt() as attempt:
+            attempt.head_received(200)
+        expected.append(backend.latency_ewma)
+    assert expected[0] == 0.125  # the first sample, as it is
+    assert expected[1] == 0.125 + 0.2 * (0.25 - 0.125)  # 0.15
+    assert expected[2] == expected[1] + 0.2 * (0.0625 - expected[1])  # 0.1325
+    assert expected == pytest.approx([0.125, 0.15, 0.1325], abs=1e-15)
+    assert backend.latency_updated_at == 3.0625
+    assert clock.calls == 6  # one clock read entering, one at the head: none per exit
+
+
+async def test_an_attempt_without_a_head_leaves_the_latency_alone(
+    make_backend: MakeBackend,
+) -> None:
+    backend = make_backend(clock=Clock(1.0))
+    with pytest.raises(ConnectFailed), backend.attempt():
+        raise ConnectFailed()
+    assert backend.latency_ewma == 0.0
+    assert backend.latency_updated_at == float("-inf")
+
+
+# -- RequestStats ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("duration", "bucket"),
+    [
+        (0.0, 0),
+        (0.005, 0),  # a bucket counts durations up to and including its bound (Prometheus le)
+        (0.0051, 1),
+        (0.1, 5),
+        (0.3, 7),
+        (10.0, len(DURATION_BUCKETS) - 1),
+        (10.01, len(DURATION_BUCKETS)),  # +Inf
+        (3600.0, len(DURATION_BUCKETS)),
+    ],
+)
+def test_request_stats_bucket(duration: float, bucket: int) -> None:
+    stats = RequestStats()
+    stats.record(200, duration)
+    expected = [0] * (len(DURATION_BUCKETS) + 1)
+    expected[bucket] = 1
+    assert stats.bucket_counts == expected
+
+
+def test_request_stats_codes_sum_and_count() -> None:
+    stats = RequestStats()
+    for status, duration in [(200, 0.5), (200, 0.25), (502, 1.0), (404, 0.25)]:
+        stats.record(status, duration)
+    assert stats.codes == {200: 2, 502: 1, 404: 1}
+    assert stats.duration_sum == 2.0
+    assert stats.duration_count == 4
+    assert sum(stats.bucket_counts) == 4
+
+
+# -- states and routability -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("mode", "healthy", "state", "routable", "sticky"),
+    [
+        ("enabled", True, "healthy", True, True),
+        ("enabled", False, "unhealthy", False, False),
+        ("draining", True, "draining", False, True),
+        ("draining", False, "unhealthy", False, False),
+        ("disabled", True, "disabled", False, False),
+        ("disabled", False, "disabled", False, False),
+    ],
+)
+async def test_state_and_routability(
+    make_backend: MakeBackend,
+    mode: Mode,
+    healthy: bool,
+    state: str,
+    routable: bool,
+    sticky: bool,
+) -> None:
+    backend = make_backend(clock=lambda: 0.0)
+    backend.set_mode(mode)
+    backend.set_health("healthy" if healthy else "unhealthy")
+    assert (backend.state, backend.routable, backend.takes_sticky) == (state, routable, sticky)
+
+
+async def test_weight_zero_is_never_routable(make_backend: MakeBackend) -> None:
+    backend = make_backend(weight=0, clock=lambda: 0.0)
+    assert (backend.state, backend.routable) == ("healthy", False)
+    backend.set_health("unhealthy")
+    backend.set_health("healthy")
+    assert (backend.state, backend.routable) == ("healthy", False)
+    assert backend.effective_weight == 1
+
+
+async def test_the_change_callback_runs_only_on_a_real_change(make_backend: MakeBackend) -> None:
+    backend = make_backend(clock=lambda: 5.0)
+    changes: list[str] = []
+    backend.on_change(lambda: changes.append(backend.state))
+    backend.set_mode("enabled")
+    backend.set_health("healthy")
+    assert changes == []
+    backend.set_mode("draining")
+    backend.set_mode("draining")
+    backend.set_health("unhealthy")
+    backend.set_health("unhealthy")
+    backend.set_mode("enabled")
+    backend.set_health("healthy")
+    assert changes == ["draining", "unhealthy", "unhealthy", "healthy"]
+    assert backend.recovered_at == 5.0  # healthy again: the slow start counts from here
+
+
+async def test_repr_shows_the_state(make_backend: MakeBackend) -> None:
+    backend = make_backend(name="app1", weight=3, clock=Clock(1.0, 1.0042, 2.0))
+    with backend.attempt() as attempt:
+        attempt.head_received(200)
+        with backend.attempt():
+            assert repr(backend) == (
+                "<Backend app1 http://127.0.0.1:9001 healthy weight=3 in_flight=2 "
+                "requests=0 failures=0 ewma=4.2ms>"
+            )
+            backend.set_mode("draining")
+            attempt.failed = True
+    assert repr(backend) == (
+        "<Backend app1 http://127.0.0.1:9001 draining weight=3 in_flight=0 "
+        "requests=2 failures=1 ewma=4.2ms>"
+    )

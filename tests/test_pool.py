@@ -1,0 +1,261 @@
+"""pool.py: the candidates snapshot and picks; round-robin's turn; the retry budget and rule."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+import pytest
+
+from balancer.backend import Backend
+from balancer.config import BackendConfig
+from balancer.errors import (
+    BackendDropped,
+    BackendTimeout,
+    BadBackendResponse,
+    ConnectFailed,
+    ProxyError,
+)
+from balancer.pool import Pool
+from balancer.proxy import Proxy, RetryBudget
+from balancer.strategies import STRATEGIES, UnknownStrategy, make_strategy
+from balancer.strategies.round_robin import RoundRobin
+from balancer.upstream import UpstreamPool
+
+MakeBackends = Callable[..., tuple[Backend, ...]]
+
+
+@pytest.fixture
+async def make_backends() -> MakeBackends:
+    loop = asyncio.get_running_loop()
+
+    def make(*names: str, weights: dict[str, int] | None = None) -> tuple[Backend, ...]:
+        made = []
+        for i, name in enumerate(names):
+            port = 9001 + i
+            upstream = UpstreamPool(
+                "127.0.0.1", port, use_tls=False, connect_timeout=1, read_timeout=1, loop=loop
+            )
+            weight = (weights or {}).get(name, 1)
+            config = BackendConfig(f"http://127.0.0.1:{port}", name, weight)
+            made.append(Backend(config, upstream, clock=lambda: 0.0))
+        return tuple(made)
+
+    return make
+
+
+def pick_names(pool: Pool, n: int) -> list[str]:
+    return [b.name for b in (pool.pick() for _ in range(n)) if b is not None]
+
+
+# -- the candidates snapshot -----------------------------------------------------------------
+
+
+async def test_candidates_are_one_snapshot_rebuilt_on_state_change_only(
+    make_backends: MakeBackends,
+) -> None:
+    a, b, c = make_backends("a", "b", "c")
+    pool = Pool((a, b, c), RoundRobin())
+    snapshot = pool.candidates
+    assert snapshot == (a, b, c)
+    pick_names(pool, 10)
+    a.set_mode("enabled")  # no change: no rebuild
+    assert pool.candidates is snapshot  # the same tuple object, not rebuilt per pick
+    b.set_health("unhealthy")
+    assert pool.candidates == (a, c)
+    after = pool.candidates
+    pick_names(pool, 10)
+    assert pool.candidates is after
+    b.set_health("healthy")
+    assert pool.candidates == (a, b, c)  # file order, not the order they came back in
+
+
+async def test_weight_zero_is_not_a_candidate(make_backends: MakeBackends) -> None:
+    a, b = make_backends("a", "b", weights={"b": 0})
+    pool = Pool((a, b), RoundRobin())
+    assert pool.candidates == (a,)
+    assert set(pick_names(pool, 6)) == {"a"}
+
+
+async def test_pick_excludes_what_was_tried(make_backends: MakeBackends) -> None:
+    a, b, c = make_backends("a", "b", "c")
+    pool = Pool((a, b, c), RoundRobin())
+    assert {pool.pick(exclude=[a, c]) for _ in range(4)} == {b}
+    assert pool.pick(exclude=(a, b, c)) is None
+    assert pool.candidates == (a, b, c)  # excluding is per pick, the snapshot stays
+
+
+@pytest.mark.parametrize("strategy", sorted(STRATEGIES))
+async def test_pick_is_none_when_nothing_is_routable(
+    make_backends: MakeBackends, strategy: str
+) -> None:
+    a, b, c = make_backends("a", "b", "c", weights={"c": 0})
+    pool = Pool((a, b, c), make_strategy(strategy))
+    a.set_mode("disabled")
+    b.set_health("unhealthy")
+    assert pool.candidates == ()
+    assert pool.pick(key=b"k") is None
+    assert repr(pool) == "<Pool [0 of 3 routable]>"
+
+
+async def test_by_name(make_backends: MakeBackends) -> None:
+    a, b = make_backends("a", "b")
+    pool = Pool((a, b), RoundRobin())
+    assert pool.by_name("b") is b
+    assert pool.by_name("a") is a
+    assert pool.by_name("c") is None
+
+
+async def test_in_flight_sums_the_backends(make_backends: MakeBackends) -> None:
+    a, b, c = make_backends("a", "b", "c")
+    pool = Pool((a, b, c), RoundRobin())
+    assert pool.in_flight == 0
+    with a.attempt(), a.attempt(), c.attempt():
+        assert pool.in_flight == 3
+    assert pool.in_flight == 0
+
+
+async def test_repr_shows_routable_of_all(make_backends: MakeBackends) -> None:
+    a, b, c = make_backends("a", "b", "c")
+    pool = Pool((a, b, c), RoundRobin())
+    assert repr(pool) == "<Pool [3 of 3 routable]>"
+    b.set_mode("draining")
+    assert repr(pool) == "<Pool [2 of 3 routable]>"
+
+
+# -- round robin ------------------------------------------------------------------------------
+
+
+async def test_round_robin_exact_sequence(make_backends: MakeBackends) -> None:
+    pool = Pool(make_backends("a", "b", "c"), RoundRobin())
+    assert pick_names(pool, 7) == ["a", "b", "c", "a", "b", "c", "a"]
+
+
+@pytest.mark.parametrize(
+    ("before", "leaving", "after"),
+    [
+        # Position 2 taken modulo the shorter tuple: "c" was next and is still there, but
+        # the position now points at "a" (2 % 2 = 0): the turn moves by one.
+        (["a", "b"], "b", ["a", "c", "a", "c"]),
+        # "c" leaves when it is next: its turn goes to "a", the order goes on.
+        (["a", "b"], "c", ["a", "b", "a", "b"]),
+        # "a" leaves after one pick: position 1 in ("b", "c") is "c", "b" loses one turn.
+        (["a"], "a", ["c", "b", "c", "b"]),
+    ],
+)
+async def test_round_robin_turn_when_the_candidates_shrink(
+    make_backends: MakeBackends, before: list[str], leaving: str, after: list[str]
+) -> None:
+    backends = make_backends("a", "b", "c")
+    pool = Pool(backends, RoundRobin())
+    assert pick_names(pool, len(before)) == before
+    next(b for b in backends if b.name == leaving).set_health("unhealthy")
+    assert pick_names(pool, len(after)) == after
+
+
+async def test_round_robin_turn_when_a_backend_comes_back(make_backends: MakeBackends) -> None:
+    a, b, c = make_backends("a", "b", "c")
+    b.set_health("unhealthy")
+    pool = Pool((a, b, c), RoundRobin())
+    assert pick_names(pool, 3) == ["a", "c", "a"]
+    b.set_health("healthy")
+    assert pick_names(pool, 4) == ["b", "c", "a", "b"]
+
+
+async def test_backups_are_candidates_only_while_no_primary_is(
+    make_backends: MakeBackends,
+) -> None:
+    loop = asyncio.get_running_loop()
+    a, b = make_backends("a", "b")
+    upstream = UpstreamPool(
+        "127.0.0.1", 9009, use_tls=False, connect_timeout=1, read_timeout=1, loop=loop
+    )
+    spare = Backend(BackendConfig("http://127.0.0.1:9009", "spare", 1, backup=True), upstream)
+    pool = Pool((a, spare, b), RoundRobin())
+    assert pool.candidates == (a, b)
+    a.set_health("unhealthy")
+    b.set_mode("disabled")
+    assert pool.candidates == (spare,)
+    b.set_mode("enabled")
+    assert pool.candidates == (b,)
+
+
+# -- the strategy registry ---------------------------------------------------------------------
+
+
+def test_unknown_strategy_lists_the_available_ones() -> None:
+    with pytest.raises(UnknownStrategy) as unknown:
+        make_strategy("fastest")
+    message = str(unknown.value)
+    assert "'fastest'" in message
+    assert f"available: {', '.join(sorted(STRATEGIES))}" in message
+    assert isinstance(unknown.value, ValueError)
+
+
+# -- the retry budget and the retry rule (SPEC §4) ----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("percent", "minimum", "retrying", "requests", "allows"),
+    [
+        (25, 3, 0, 0, True),  # the floor: min_concurrency retries whatever the load
+        (25, 3, 2, 0, True),
+        (25, 3, 3, 0, False),
+        (25, 3, 3, 8, False),  # 25% of 8 is 2: the floor of 3 still rules
+        (25, 3, 3, 12, False),  # 25% of 12 is 3: at the budget
+        (25, 3, 3, 13, True),  # 3.25: one more retry fits
+        (25, 3, 24, 100, True),  # 25% of 100 is 25
+        (25, 3, 25, 100, False),
+        (50, 0, 0, 0, False),  # no floor, nothing in flight: no retry
+        (50, 0, 0, 1, True),
+        (0, 1, 0, 1000, True),
+        (0, 1, 1, 1000, False),
+    ],
+)
+def test_retry_budget_allows(
+    percent: float, minimum: int, retrying: int, requests: int, allows: bool
+) -> None:
+    budget = RetryBudget(percent, minimum)
+    budget.in_flight = retrying
+    assert budget.allows(requests) is allows
+
+
+@pytest.mark.parametrize(
+    ("error", "method", "framing", "tries", "retried"),
+    [
+        (ConnectFailed(), "POST", b"Content-Length: 3", 1, True),  # never reached a backend
+        (ConnectFailed(), "GET", None, 2, False),  # retries: 1, this was the second try
+        (BackendDropped(), "GET", None, 1, True),
+        (BackendDropped(), "DELETE", None, 1, True),
+        (BackendDropped(), "POST", None, 1, False),  # not idempotent
+        (BackendDropped(), "PATCH", None, 1, False),
+        (BackendDropped(), "PUT", b"Content-Length: 3", 1, False),  # its body went out
+        (BadBackendResponse(), "GET", None, 1, True),
+        (BackendTimeout(), "GET", None, 1, False),  # the backend may still be working
+        (ProxyError(), "HEAD", None, 1, True),
+    ],
+)
+async def test_may_retry(
+    make_backends: MakeBackends,
+    error: ProxyError,
+    method: str,
+    framing: bytes | None,
+    tries: int,
+    retried: bool,
+) -> None:
+    pool = Pool(make_backends("a", "b"), RoundRobin())
+    proxy = Proxy(pool, retries=1, retry_budget=RetryBudget(20, 3), max_body=0, retry_after=1)
+    assert proxy._may_retry(error, method, framing, tries, pool.backends[0]) is retried
+
+
+async def test_may_retry_respects_the_budget(make_backends: MakeBackends) -> None:
+    pool = Pool(make_backends("a", "b"), RoundRobin())
+    budget = RetryBudget(20, 1)
+    proxy = Proxy(pool, retries=3, retry_budget=budget, max_body=0, retry_after=1)
+    failed = pool.backends[0]
+    assert proxy._may_retry(ConnectFailed(), "GET", None, 1, failed)
+    budget.in_flight = 1
+    assert not proxy._may_retry(ConnectFailed(), "GET", None, 1, failed)
+    # Away from a backend that is out (breaker open, unhealthy, disabled): not budgeted.
+    failed.set_health("unhealthy")
+    assert proxy._may_retry(ConnectFailed(), "GET", None, 1, failed)
