@@ -545,6 +545,10 @@ class TimeoutsConfig:
     read: float = field(default=30.0, metadata=_rule(_POSITIVE))
     client_header: float = field(default=10.0, metadata=_rule(_POSITIVE))
     client_idle: float = field(default=60.0, metadata=_rule(_POSITIVE))
+    # Extensions of SPEC §2, as nginx's client_body_timeout and send_timeout: the longest a
+    # client may send no body bytes mid-request (408), or take no response bytes (cut).
+    client_body: float = field(default=60.0, metadata=_rule(_POSITIVE))
+    client_send: float = field(default=60.0, metadata=_rule(_POSITIVE))
 
 
 @dataclass(frozen=True, slots=True)

@@ -56,6 +56,13 @@ class ClientGone(ProxyError):
     backend_failure = False
 
 
+class ClientTimeout(ProxyError):
+    """The client sent no body bytes for longer than timeouts.client_body."""
+
+    status = 408
+    backend_failure = False
+
+
 class BadRequest(ProxyError):
     """The client's request is malformed or ambiguous and is never forwarded."""
 

@@ -14,7 +14,8 @@ import logging
 from typing import Any
 
 from aiohttp import web
-from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
+from aiohttp.http_exceptions import BadHttpMessage, HttpProcessingError, LineTooLong
+from aiohttp.http_parser import RawRequestMessage
 from aiohttp.streams import EMPTY_PAYLOAD
 from aiohttp.web_protocol import RequestHandler, _ErrInfo
 
@@ -30,6 +31,14 @@ HEAD_TOO_LARGE = (
     b"HTTP/1.1 431 Request Header Fields Too Large\r\nConnection: close\r\n"
     b"Content-Type: text/plain\r\nContent-Length: 36\r\n\r\n431 Request Header Fields Too Large\n"
 )
+
+
+def head_size(message: RawRequestMessage) -> int:
+    """The size of a parsed request head: request line, field lines, blank line."""
+    size = len(message.method) + len(message.path) + 13  # "M P HTTP/1.1\r\n"
+    for name, value in message.raw_headers:
+        size += len(name) + len(value) + 4
+    return size + 2
 
 
 class HeadTooLarge(BadHttpMessage):
@@ -83,7 +92,7 @@ class FrontHandler(RequestHandler):
         parsed_before = self._request_count
         super().data_received(data)
         if self._request_count != parsed_before:
-            self._head_complete(data)
+            self._head_complete(data, self._request_count - parsed_before)
             return
         self._head_bytes += len(data)
         if self._head_bytes > self._limits.max_head:
@@ -91,23 +100,25 @@ class FrontHandler(RequestHandler):
         elif self._head_timer is None:
             self._start_head_timer()  # the first byte of a head on a kept-alive connection
 
-    def _head_complete(self, data: bytes) -> None:
-        """A head was parsed (or refused by the parser): check what the parser does not."""
+    def _head_complete(self, data: bytes, parsed: int) -> None:
+        """Heads were parsed (or refused by the parser): check what the parser does not."""
         self._stop_head_timer()
         messages = self._messages
+        limit = self._limits.max_head
         if messages:
             message, payload = messages[-1]
             if isinstance(message, _ErrInfo):
-                limit = self._limits.max_request_line + 2
-                self._line_ended = b"\n" in self._head_start[:limit]
-            else:
-                end = data.find(b"\r\n\r\n")
-                size = self._head_bytes + (end + 4 if end >= 0 else len(data))
-                if size > self._limits.max_head:
-                    # Not forwarded: the handler gets the refusal instead of the request.
-                    refusal = HeadTooLarge(f"request head of {size} bytes over limits.max_head")
-                    messages[-1] = (_ErrInfo(431, refusal, str(refusal)), EMPTY_PAYLOAD)
-                    payload = EMPTY_PAYLOAD
+                line_limit = self._limits.max_request_line + 2
+                self._line_ended = b"\n" in self._head_start[:line_limit]
+            elif self._head_bytes + len(data) > limit:
+                # Only then can a head be over max_head: measure each one parsed from this
+                # read from its fields, and refuse the ones over (never forwarded).
+                for index in range(max(0, len(messages) - parsed), len(messages)):
+                    message, _ = messages[index]
+                    if not isinstance(message, _ErrInfo) and head_size(message) > limit:
+                        refusal = HeadTooLarge(f"request head over limits.max_head ({limit})")
+                        messages[index] = (_ErrInfo(431, refusal, str(refusal)), EMPTY_PAYLOAD)
+                payload = messages[-1][1]
             self._last_payload = payload
         self._head_bytes = 0
         self._head_start = b""
@@ -133,6 +144,12 @@ class FrontHandler(RequestHandler):
             isinstance(exc, BadHttpMessage) and "Too many headers" in str(exc)
         ):
             status = 431
+        elif exc is not None and not isinstance(exc, HttpProcessingError):
+            # Not a parse error: a bug of ours reached aiohttp. Say so loudly.
+            log.error("unexpected error on a request from %s", request.remote, exc_info=exc)
+            response = web.Response(status=500, text="500 Internal Server Error\n")
+            response.force_close()
+            return response
         log.info("refused a request from %s: %s %s", request.remote, status, exc)
         text = f"{status} {_PHRASES.get(status, 'Bad Request')}\n"
         response = web.Response(status=status, text=text)
@@ -158,6 +175,11 @@ class FrontHandler(RequestHandler):
     def _refuse(self, answer: bytes, why: str) -> None:
         log.info("closing a connection from %s: %s", self.peername, why)
         self._stop_head_timer()
+        if self._request_in_progress or self._messages:
+            # A response is still going out on this connection: never write into it; the
+            # connection closes once it is done.
+            self.close()
+            return
         if self.transport is not None:
             self.transport.write(answer)
         self.force_close()
@@ -180,6 +202,9 @@ class FrontServer(web.Server):
             max_headers=limits.max_headers,
             keepalive_timeout=timeouts.client_idle,
             access_log=None,
+            # Bodies pass as they came: decoding a gzip body here would forward decoded bytes
+            # under the client's Content-Length and Content-Encoding (request smuggling).
+            auto_decompress=False,
             **kwargs,
         )
         self._limits = limits

@@ -38,10 +38,14 @@ def connection_tokens(raw_headers: RawHeaders) -> frozenset[bytes]:
     return frozenset(tokens)
 
 
+# Fields a client cannot have removed by naming them in Connection.
+_NEVER_DROPPED = frozenset({b"host"})
+
+
 def _dropped_names(raw_headers: RawHeaders) -> frozenset[bytes]:
     for name, _ in raw_headers:
         if len(name) == 10 and name.lower() == b"connection":
-            return HOP_BY_HOP | connection_tokens(raw_headers)
+            return HOP_BY_HOP | (connection_tokens(raw_headers) - _NEVER_DROPPED)
     return HOP_BY_HOP
 
 
@@ -96,6 +100,29 @@ def request_head(
         parts += (body_framing, b"\r\n")
     parts.append(b"\r\n")
     return b"".join(parts)
+
+
+def origin_form(target: str, raw_headers: RawHeaders) -> str:
+    """The request target as a backend should get it (RFC 9112 3.2.2).
+
+    An absolute-form target (`GET http://host/path`) becomes origin-form (`/path`) when its
+    authority is the Host the client sent, so the backend and the X-Forwarded-Host agree;
+    otherwise it is refused. Origin-form and `*` pass unchanged.
+    """
+    if target.startswith("/") or target == "*":
+        return target
+    scheme, sep, rest = target.partition("://")
+    if not sep or scheme.lower() not in ("http", "https"):
+        raise BadRequest("request target is neither origin-form nor absolute-form")
+    authority, slash, path = rest.partition("/")
+    query = ""
+    if "?" in authority:
+        authority, _, query = authority.partition("?")
+        query = "?" + query
+    host = next((v for n, v in raw_headers if n.lower() == b"host"), b"")
+    if authority.lower() != host.decode("latin-1").lower():
+        raise BadRequest("absolute-form target and Host disagree")
+    return (slash + path if slash else "/") + query
 
 
 def without_cookie(header: bytes, name: bytes) -> bytes:

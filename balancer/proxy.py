@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from http import HTTPStatus
 
 from aiohttp import HttpVersion, web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from balancer import tunnel
 from balancer.backend import Attempt, Backend
@@ -28,10 +29,11 @@ from balancer.errors import (
     BadBackendResponse,
     BadRequest,
     ClientGone,
+    ClientTimeout,
     NoBackendAvailable,
     ProxyError,
 )
-from balancer.headers import content_length, request_body_framing, request_head
+from balancer.headers import content_length, origin_form, request_body_framing, request_head
 from balancer.load import parse_load
 from balancer.pool import Pool
 from balancer.response import CHUNKED_END, Sent, chunk, has_body
@@ -79,6 +81,8 @@ class Proxy:
         retry_budget: RetryBudget,
         max_body: int,
         retry_after: int,
+        client_body_timeout: float = 60.0,
+        client_send_timeout: float = 60.0,
         proto: str = "http",
         hash_on: str = "ip",
         hash_name: str | None = None,
@@ -91,6 +95,8 @@ class Proxy:
         self.max_body = max_body
         self.retry_after = str(max(1, math.ceil(retry_after)))
         self.proto = proto
+        self.client_body_timeout = client_body_timeout
+        self.client_send_timeout = client_send_timeout
         self.sticky = sticky
         self.clock = clock
         self.request_key = key_getter(hash_on, hash_name) if needs_key(pool.strategy) else None
@@ -100,23 +106,33 @@ class Proxy:
         raw_headers = request.raw_headers
         method = request.method
         try:
+            if method == "CONNECT":
+                raise BadRequest("CONNECT is not supported by a reverse proxy", status=501)
+            target = request.raw_path
+            if target[:1] != "/":
+                target = origin_form(target, raw_headers)
             framing = request_body_framing(request.version, raw_headers, self.max_body)
             websocket = _websocket_upgrade(request)
         except BadRequest as exc:
             return self._answer_error(exc, None, started, close=True)
         pool = self.pool
-        host = pool.backends[0].upstream.address.encode()
-        head = request_head(
-            method,
-            request.raw_path,
-            raw_headers,
-            client_ip=request.remote or "",
-            proto=self.proto,
-            default_host=host,
-            body_framing=framing,
-            upgrade=websocket,
-            drop_cookie=self.sticky.own_cookie if self.sticky is not None else None,
-        )
+
+        def head_for(backend_address: bytes) -> bytes:
+            return request_head(
+                method,
+                target,
+                raw_headers,
+                client_ip=request.remote or "",
+                proto=self.proto,
+                default_host=backend_address,
+                body_framing=framing,
+                upgrade=websocket,
+                drop_cookie=self.sticky.own_cookie if self.sticky is not None else None,
+            )
+
+        # An HTTP/1.0 client may send no Host: each attempt then names its own backend.
+        hostless = "Host" not in request.headers
+        head = head_for(b"") if not hostless else b""
         key = self.request_key(request) if self.request_key is not None else None
         plan = await self._sticky_plan(request) if self.sticky is not None else None
         tried: list[Backend] = []
@@ -138,6 +154,8 @@ class Proxy:
                     )
                 tried.append(backend)
                 try:
+                    if hostless:
+                        head = head_for(backend.upstream.address.encode())
                     return await self._attempt(
                         backend, request, head, framing, websocket, started, plan
                     )
@@ -146,6 +164,8 @@ class Proxy:
                     return Sent(exc.status, keep_alive=False)
                 except ProxyError as exc:
                     last_error = exc
+                    if not exc.backend_failure:  # the client's fault (body): answer and close
+                        return self._answer_error(exc, backend, started, close=True)
                     if not self._may_retry(exc, method, framing, len(tried), backend):
                         return self._answer_error(exc, backend, started)
                     if not retrying:
@@ -198,6 +218,45 @@ class Proxy:
         secure = self.proto == "https" or request.headers.get("X-Forwarded-Proto") == "https"
         return sticky.set_cookie_line(plan.cookie, secure)
 
+    async def _upload(
+        self, request: web.BaseRequest, conn: UpstreamConnection, framing: bytes
+    ) -> None:
+        """Stream the client's body to the backend, re-framed as the head announced.
+
+        Failures are translated here: a client that stalls longer than timeouts.client_body
+        gets 408, a chunked body over limits.max_body 413, a malformed one 400 (aiohttp's
+        parser says which); the backend's failures come from conn.write as they are.
+        """
+        expect = request.headers.get("Expect")
+        if expect is not None and expect.lower() == "100-continue" and request.version >= HTTP11:
+            request.transport.write(CONTINUE)  # type: ignore[union-attr]
+        content = request.content
+        chunked = framing.startswith(b"Transfer-Encoding")
+        max_body, idle = self.max_body, self.client_body_timeout
+        received = 0
+        while True:
+            try:
+                async with asyncio.timeout(idle):
+                    chunk = await content.readany()
+            except TimeoutError:
+                raise ClientTimeout(f"no request body bytes for {idle:g}s") from None
+            except HttpProcessingError as exc:
+                raise BadRequest(f"malformed request body: {exc.message}") from None
+            except ConnectionError:
+                raise ClientGone() from None
+            if not chunk:
+                break
+            received += len(chunk)
+            if max_body and received > max_body:
+                raise BadRequest("request body over limits.max_body", status=413)
+            if chunked:
+                await conn.write(b"%x\r\n%b\r\n" % (len(chunk), chunk))
+            else:
+                await conn.write(chunk)
+        if chunked:
+            await conn.write(b"0\r\n\r\n")
+        conn.request_sent()
+
     def _may_retry(
         self, exc: ProxyError, method: str, framing: bytes | None, tries: int, backend: Backend
     ) -> bool:
@@ -234,9 +293,10 @@ class Proxy:
                 conn.send_head(head, request.method)
                 if framing is None:
                     conn.request_sent()
+                    response_head = await conn.read_head()
                 else:
-                    upload = asyncio.ensure_future(_upload(request, conn, framing))
-                response_head = await conn.read_head()
+                    upload = asyncio.ensure_future(self._upload(request, conn, framing))
+                    response_head = await _head_or_upload_failure(conn, upload)
                 attempt.head_received(response_head.status)
                 if conn.reported_load is not None:
                     backend.report_load(*parse_load(b"", conn.reported_load))
@@ -371,7 +431,14 @@ class Proxy:
                     transport.writelines(chunk(data))
                 else:
                     transport.write(data)
-                await writer.drain()
+                if transport.get_write_buffer_size():
+                    # The client is slower than the backend: wait for it, but not forever
+                    # (as nginx's send_timeout); the backend is paused meanwhile.
+                    try:
+                        async with asyncio.timeout(self.client_send_timeout):
+                            await writer.drain()
+                    except TimeoutError:
+                        raise ClientGone("client took no response bytes") from None
         except ProxyError as exc:
             # The head went out already: the only honest signal left is to cut the
             # connection, so the client sees a short body or a missing last chunk.
@@ -418,24 +485,26 @@ class Proxy:
         return response
 
 
-async def _upload(request: web.BaseRequest, conn: UpstreamConnection, framing: bytes) -> None:
-    """Stream the client's body to the backend, re-framed as the head announced."""
-    expect = request.headers.get("Expect")
-    if expect is not None and expect.lower() == "100-continue" and request.version >= (1, 1):
-        request.transport.write(CONTINUE)  # type: ignore[union-attr]
-    content = request.content
-    chunked = framing.startswith(b"Transfer-Encoding")
-    while True:
-        chunk = await content.readany()
-        if not chunk:
-            break
-        if chunked:
-            await conn.write(b"%x\r\n%b\r\n" % (len(chunk), chunk))
-        else:
-            await conn.write(chunk)
-    if chunked:
-        await conn.write(b"0\r\n\r\n")
-    conn.request_sent()
+async def _head_or_upload_failure(
+    conn: UpstreamConnection, upload: asyncio.Task[None]
+) -> ResponseHead:
+    """The response head, while the body is still going up; or the upload's own failure.
+
+    A backend may answer before it read the whole body (an early 413, 401); a client may send
+    a malformed, oversized or stalled body, which ends the exchange: never wait on one of the
+    two alone.
+    """
+    head = asyncio.ensure_future(conn.read_head())
+    try:
+        await asyncio.wait((head, upload), return_when=asyncio.FIRST_COMPLETED)
+        if not head.done() and upload.exception() is not None:
+            raise upload.exception()  # type: ignore[misc]
+        return await head
+    finally:
+        if not head.done():
+            head.cancel()
+            with contextlib.suppress(BaseException):
+                await head
 
 
 def key_getter(on: str, name: str | None) -> Callable[[web.BaseRequest], bytes | None]:

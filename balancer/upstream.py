@@ -141,8 +141,10 @@ class UpstreamConnection(asyncio.Protocol):
         self._raw_headers.append((name, value))
         if len(name) in (14, 17):
             lname = name.lower()
-            if lname in (b"content-length", b"transfer-encoding"):
-                self._until_eof = False
+            if lname == b"content-length" or (
+                lname == b"transfer-encoding" and value.rstrip().lower().endswith(b"chunked")
+            ):
+                self._until_eof = False  # RFC 9112 6.3: otherwise the body ends at the close
             elif lname == b"x-backend-load":
                 self.reported_load = value
 
@@ -197,6 +199,16 @@ class UpstreamConnection(asyncio.Protocol):
         self.complete = False
         self._skip_body = method == "HEAD"
         self.transport.write(head)
+        self._progress()
+
+    def _progress(self) -> None:
+        """The exchange moved (bytes written, drained or read): timeouts.read counts anew.
+        The timer is armed once and re-arms itself while the connection is busy (a
+        call_later and a cancel per request cost more than the check)."""
+        self._last_read = self._loop.time()
+        self._waiting = True
+        if self._timer is None:
+            self._timer = self._loop.call_later(self._pool.read_timeout, self._on_timer)
 
     async def write(self, data: bytes) -> None:
         """Write request body bytes, waiting while the backend's socket buffer is full."""
@@ -204,23 +216,20 @@ class UpstreamConnection(asyncio.Protocol):
         if transport is None or self._error is not None:
             raise self._error or BackendDropped("backend closed the connection")
         transport.write(data)
+        self._last_read = self._loop.time()
         if self._writing_paused:
             self._drain_waiter = self._loop.create_future()
             try:
                 await self._drain_waiter
             finally:
                 self._drain_waiter = None
+            if self._error is not None:
+                raise self._error
+            self._last_read = self._loop.time()
 
     def request_sent(self) -> None:
-        """The whole request is out: from now on timeouts.read counts.
-
-        The timer is armed once and re-armed by itself while the connection is busy, not
-        per request: a call_later and a cancel per request cost more than the check.
-        """
-        self._last_read = self._loop.time()
-        self._waiting = True
-        if self._timer is None:
-            self._timer = self._loop.call_later(self._pool.read_timeout, self._on_timer)
+        """The whole request is out: the backend's silence counts from now."""
+        self._progress()
 
     @property
     def head_arrived(self) -> bool:
@@ -316,7 +325,7 @@ class UpstreamConnection(asyncio.Protocol):
         if idle < timeout:
             self._timer = self._loop.call_later(timeout - idle, self._on_timer)
             return
-        self._fail(BackendTimeout(f"backend sent nothing for {timeout:g}s"))
+        self._fail(BackendTimeout(f"backend made no progress for {timeout:g}s"))
         self.close()
 
     def _cancel_timer(self) -> None:
