@@ -74,10 +74,11 @@ class Pool:
         backend = self.strategy.pick(candidates, key)
         if self.slow_start and len(candidates) > 1:
             # Slow start: a backend back for t seconds takes about t/slow_start of its share;
-            # the rest of its turns go to the others (whatever the strategy).
+            # the rest of its turns go to one of the others at random (asking the strategy
+            # again would move its own state, round-robin's turn, and skew the ramp).
             share = (self._clock() - backend.recovered_at) / self.slow_start
             if share < 1.0 and self._rng.random() >= share:
-                return self.strategy.pick(tuple(b for b in candidates if b is not backend), key)
+                return self._rng.choice([b for b in candidates if b is not backend])
         return backend
 
     def all_full(self, exclude: Collection[Backend] = ()) -> bool:

@@ -1,7 +1,9 @@
 """WebSocket upgrades, tunnelled end to end (SPEC §4).
 
 After the backend's 101 the balancer stops speaking HTTP on both connections and copies bytes
-each way until either side closes; it does not parse WebSocket frames.
+each way until either side closes; it does not parse WebSocket frames. Each direction has flow
+control: while one side's socket buffer is full, the balancer stops reading the other side, so
+a peer that reads nothing cannot make the balancer buffer what the other one sends.
 """
 
 from __future__ import annotations
@@ -14,21 +16,31 @@ from aiohttp import web
 from balancer.backend import Attempt, Backend
 from balancer.errors import ClientGone
 from balancer.response import Sent, response_head
-from balancer.upstream import ResponseHead, UpstreamConnection
+from balancer.upstream import HIGH_WATER, ResponseHead, UpstreamConnection
 
 
 class _ClientToBackend:
     """Takes aiohttp's place as the client connection's payload parser: bytes go to the backend."""
 
-    def __init__(self, conn: UpstreamConnection, closed: asyncio.Future[None]) -> None:
+    def __init__(
+        self, conn: UpstreamConnection, client: asyncio.Transport, closed: asyncio.Future[None]
+    ) -> None:
         self._conn = conn
+        self._client = client
         self._closed = closed
+        conn.on_drained = self._backend_drained
 
     def feed_data(self, data: bytes) -> tuple[bool, bytes]:
         transport = self._conn.transport
         if transport is not None:
             transport.write(data)
+            if self._conn.writing_paused and not self._client.is_closing():
+                self._client.pause_reading()  # until the backend drains
         return False, b""
+
+    def _backend_drained(self) -> None:
+        if not self._client.is_closing():
+            self._client.resume_reading()
 
     def feed_eof(self) -> None:
         if not self._closed.done():
@@ -58,18 +70,35 @@ async def relay(
     )
     closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
+    paused: list[asyncio.Task[None]] = []
+
+    async def resume_backend_when_client_drains() -> None:
+        try:
+            await request.writer.drain()
+        except ConnectionError:
+            return
+        finally:
+            paused.clear()
+        if conn.transport is not None:
+            conn.transport.resume_reading()
+
     def from_backend(data: bytes) -> None:
-        if data and client is not None and not client.is_closing():
+        if data and not client.is_closing():
             client.write(data)
+            if client.get_write_buffer_size() > HIGH_WATER and not paused and conn.transport:
+                conn.transport.pause_reading()  # until the client drains
+                paused.append(asyncio.ensure_future(resume_backend_when_client_drains()))
         elif not data and not closed.done():
             closed.set_result(None)
 
     conn.start_tunnel(from_backend)
-    request.protocol.set_parser(_ClientToBackend(conn, closed))  # type: ignore[arg-type]
+    request.protocol.set_parser(_ClientToBackend(conn, client, closed))  # type: ignore[arg-type]
     finish(attempt.backend, 101, attempt.started)
     try:
         await closed
     finally:
+        for task in paused:
+            task.cancel()
         conn.close()
         request.protocol.force_close()
     return Sent(101, keep_alive=False)

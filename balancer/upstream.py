@@ -74,6 +74,7 @@ class UpstreamConnection(asyncio.Protocol):
         # a tunnelled Upgrade: raw bytes from the backend go here
         self.upgraded_tail = b""
         self._tunnel: Callable[[bytes], None] | None = None
+        self.on_drained: Callable[[], None] | None = None  # the tunnel's flow control
 
     def __repr__(self) -> str:
         state = "busy" if self._busy else "idle"
@@ -122,6 +123,8 @@ class UpstreamConnection(asyncio.Protocol):
         self._writing_paused = False
         if self._drain_waiter is not None and not self._drain_waiter.done():
             self._drain_waiter.set_result(None)
+        if self.on_drained is not None:
+            self.on_drained()
 
     # -- httptools callbacks ---------------------------------------------------------
     def on_message_begin(self) -> None:
@@ -230,6 +233,11 @@ class UpstreamConnection(asyncio.Protocol):
     def request_sent(self) -> None:
         """The whole request is out: the backend's silence counts from now."""
         self._progress()
+
+    @property
+    def writing_paused(self) -> bool:
+        """The backend's socket buffer is full (asyncio called pause_writing)."""
+        return self._writing_paused
 
     @property
     def head_arrived(self) -> bool:

@@ -529,6 +529,8 @@ def chart(results: dict[str, dict[str, Any]], args: argparse.Namespace, path: Pa
         bars = ax.bar(xs, ys, width, label=sname, color=colours.get(sname))
         ax.bar_label(bars, fmt="%.1f", fontsize=7, padding=1)
     ax.set_xticks(range(len(strategies)), strategies)
+    top = max((r.get("p99_ms") or 0 for rows in results.values() for r in rows.values()), default=1)
+    ax.set_ylim(0, top * 1.35)  # room for the legend above the bars
     ax.set_ylabel("p99 latency (ms)")
     ax.set_title(
         f"p99 latency per strategy and scenario ({args.concurrency} closed-loop clients, "

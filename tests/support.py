@@ -179,6 +179,17 @@ def backend_app(name: str, seen: list[Seen], health: dict[str, Any]) -> web.Appl
         request.transport.abort()
         raise asyncio.CancelledError
 
+    async def ws_flood(request: web.Request) -> web.WebSocketResponse:
+        await record(request)
+        socket = web.WebSocketResponse()
+        await socket.prepare(request)
+        frame = b"f" * 65536
+        with contextlib.suppress(ConnectionError):
+            for _ in range(int(request.query.get("frames", "3000"))):  # 3000 x 64 KiB: 200 MB
+                await socket.send_bytes(frame)  # waits while the balancer does not read
+            await socket.close()
+        return socket
+
     async def ws(request: web.Request) -> web.WebSocketResponse:
         await record(request)
         socket = web.WebSocketResponse()
@@ -202,6 +213,7 @@ def backend_app(name: str, seen: list[Seen], health: dict[str, Any]) -> web.Appl
     app.router.add_post("/login", login)
     app.router.add_route("*", "/drop", drop)
     app.router.add_get("/ws", ws)
+    app.router.add_get("/ws-flood", ws_flood)
     app.router.add_route("*", "/{tail:.*}", echo)
     return app
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 import time
+from pathlib import Path
 
 from conftest import StartBalancer
 from support import Backend, Balancer, raw_exchange, read_response
@@ -155,3 +156,33 @@ async def test_oversized_head_pipelined_behind_a_small_one_is_refused(
     finally:
         writer.close()
     assert [s.path for b in backends for s in b.seen] == ["/small"]
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+async def test_websocket_tunnel_does_not_buffer_for_a_client_that_reads_nothing(
+    balancer: Balancer, backends: list[Backend]
+) -> None:
+    """A backend flooding a WebSocket whose client reads nothing: the balancer stops reading
+    the backend instead of buffering the flood."""
+    before = rss_mb(balancer.process.pid)
+    reader, writer = await asyncio.open_connection(*balancer.host_port)
+    try:
+        writer.write(
+            b"GET /ws-flood HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        )
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        assert head.startswith(b"HTTP/1.1 101")
+        peak = before
+        for _ in range(20):  # two seconds of a flood the client never reads
+            await asyncio.sleep(0.1)
+            peak = max(peak, rss_mb(balancer.process.pid))
+        assert peak - before < 50, (before, peak)
+    finally:
+        writer.close()

@@ -182,3 +182,22 @@ async def test_consistent_hash_moves_only_the_keys_of_a_backend_that_leaves(
     moved = [k for k in keys if before[k] != after[k]]
     assert all(before[k] == "app3" for k in moved)  # nobody else's keys move
     assert len(moved) == shares["app3"]  # ~1/3 of the keys, exactly app3's
+
+
+async def test_slow_start_ramps_a_recovered_backend_up(make_backend: MakeBackend) -> None:
+    clock = Clock()
+    backends = tuple(make_backend(n, clock=clock) for n in "ab")
+    pool = Pool(
+        backends, make_strategy("round_robin"), slow_start=10.0, rng=random.Random(5), clock=clock
+    )
+    backends[1].set_health("unhealthy")
+    backends[1].set_health("healthy")  # back now: recovered_at = clock.now
+
+    def share_of_b(picks: int = 2000) -> float:
+        return sum(pool.pick().name == "b" for _ in range(picks)) / picks  # type: ignore[union-attr]
+
+    assert share_of_b() < 0.02  # at t=0: almost nothing
+    clock.now += 5
+    assert 0.18 < share_of_b() < 0.32  # half-way: about half of its 50 %
+    clock.now += 5
+    assert 0.47 < share_of_b() < 0.53  # ramp done: its full share

@@ -26,7 +26,7 @@ log = logging.getLogger("balancer.sticky")
 
 CALL_TIMEOUT = 0.05
 MAX_BACKOFF = 5.0
-NEAR_TTL = 1.0
+NEAR_TTL = 2.0
 
 
 class RedisStore:
@@ -49,7 +49,9 @@ class RedisStore:
         self._ttl_ms = max(1, int(ttl * 1000))
         self._redis = aioredis.Redis.from_url(
             url,
-            socket_timeout=call_timeout,
+            # Our own asyncio.timeout bounds each call; redis-py's socket_timeout would add an
+            # asyncio.wait_for (a task) to every send and every read.
+            socket_timeout=None,
             socket_connect_timeout=max(call_timeout, 0.2),
             retry_on_timeout=False,
             retry=Retry(NoBackoff(), 0),  # a failed call falls back at once, no retry
