@@ -239,10 +239,6 @@ class UpstreamConnection(asyncio.Protocol):
         """The backend's socket buffer is full (asyncio called pause_writing)."""
         return self._writing_paused
 
-    @property
-    def head_arrived(self) -> bool:
-        return self._head is not None or self._error is not None
-
     async def read_head(self) -> ResponseHead:
         while self._head is None:
             if self._error is not None:
