@@ -8,6 +8,7 @@ strategies, the breaker and /status read what it records.
 from __future__ import annotations
 
 import bisect
+import math
 import time
 from collections.abc import Callable
 from types import TracebackType
@@ -51,6 +52,10 @@ TAKES_STICKY_REQUESTS: dict[State, bool] = {
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
 # Weight of the newest sample in the latency EWMA.
 EWMA_ALPHA = 0.2
+# ...or more when the previous sample is old: a sample after a gap of t seconds weighs at least
+# 1 - exp(-t / EWMA_TAU) (Finagle's time-decayed EWMA), so a backend that got no traffic while
+# it was slow is judged by its first new answer, not by its past.
+EWMA_TAU = 1.0
 
 
 class RequestStats:
@@ -212,11 +217,14 @@ class Backend:
         return self.weight or 1
 
     def observe_latency(self, seconds: float, now: float | None = None) -> None:
+        now = self._clock() if now is None else now
         if self.latency_updated_at == float("-inf"):  # the first sample (it may be 0.0)
             self.latency_ewma = seconds
         else:
-            self.latency_ewma += EWMA_ALPHA * (seconds - self.latency_ewma)
-        self.latency_updated_at = self._clock() if now is None else now
+            gap = now - self.latency_updated_at
+            alpha = max(EWMA_ALPHA, 1.0 - math.exp(-gap / EWMA_TAU))
+            self.latency_ewma += alpha * (seconds - self.latency_ewma)
+        self.latency_updated_at = now
 
 
 class Attempt:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import Callable
 
 import pytest
@@ -145,8 +146,9 @@ async def test_a_failure_status_counts_as_a_failure(
 
 
 async def test_latency_ewma_first_sample_exact_then_alpha_0_2(make_backend: MakeBackend) -> None:
-    # enter / head_received pairs: 0.125 s, then 0.25 s, then 0.0625 s to the head.
-    clock = Clock(1.0, 1.125, 2.0, 2.25, 3.0, 3.0625)
+    # enter / head_received pairs, back to back: 0.125 s, 0.1875 s, then 0.0625 s to the head
+    # (gaps under 0.22 s: the time-decayed weight 1 - e^(-gap/1s) stays under 0.2).
+    clock = Clock(1.0, 1.125, 1.125, 1.3125, 1.3125, 1.375)
     backend = make_backend(clock=clock)
     expected = []
     for _ in range(3):
@@ -154,11 +156,21 @@ async def test_latency_ewma_first_sample_exact_then_alpha_0_2(make_backend: Make
             attempt.head_received(200)
         expected.append(backend.latency_ewma)
     assert expected[0] == 0.125  # the first sample, as it is
-    assert expected[1] == 0.125 + 0.2 * (0.25 - 0.125)  # 0.15
-    assert expected[2] == expected[1] + 0.2 * (0.0625 - expected[1])  # 0.1325
-    assert expected == pytest.approx([0.125, 0.15, 0.1325], abs=1e-15)
-    assert backend.latency_updated_at == 3.0625
+    assert expected[1] == 0.125 + 0.2 * (0.1875 - 0.125)  # 0.1375
+    assert expected[2] == expected[1] + 0.2 * (0.0625 - expected[1])  # 0.1225
+    assert expected == pytest.approx([0.125, 0.1375, 0.1225], abs=1e-15)
+    assert backend.latency_updated_at == 1.375
     assert clock.calls == 6  # one clock read entering, one at the head: none per exit
+
+
+async def test_a_sample_after_a_long_gap_outweighs_the_past(make_backend: MakeBackend) -> None:
+    """A backend that got no traffic while it was slow is judged by its first new answer."""
+    backend = make_backend(clock=Clock(0.0))
+    backend.observe_latency(0.100, now=10.0)  # slow
+    backend.observe_latency(0.010, now=15.0)  # 5 s later, fast again: weight 1 - e^-5
+    assert backend.latency_ewma == pytest.approx(0.010 + 0.090 * math.exp(-5.0))
+    backend.observe_latency(0.100, now=15.01)  # back to back: the usual 0.2
+    assert backend.latency_ewma == pytest.approx(0.0106 + 0.2 * (0.100 - 0.0106), rel=1e-2)
 
 
 async def test_an_attempt_without_a_head_leaves_the_latency_alone(

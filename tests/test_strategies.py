@@ -130,11 +130,13 @@ async def test_response_time_prefers_the_fast_and_retries_the_slow_after_decay(
     slow.observe_latency(0.050)
     chosen = strategy("response_time", clock=clock)
     assert {chosen.pick((fast, slow)).name for _ in range(10)} == {"fast"}  # type: ignore[attr-defined]
-    fast.in_flight = 5  # 0.010 x 6 > 0.050 x 1: no herding onto the fastest
+    fast.in_flight = 4  # 0.010 x 1.5 < 0.050: a few in flight do not make a fast one slow
+    assert chosen.pick((fast, slow)).name == "fast"  # type: ignore[attr-defined]
+    fast.in_flight = 40  # 0.010 x 6 > 0.050: no herding onto the fastest
     assert chosen.pick((fast, slow)).name == "slow"  # type: ignore[attr-defined]
     fast.in_flight = 0
     fast.observe_latency(0.010)  # fast keeps being measured; slow is not
-    clock.now += 15  # three half-lives: slow's 50 ms reads as 6.25 ms
+    clock.now += 1.5  # three half-lives: slow's 50 ms reads as 6.25 ms
     fast.latency_updated_at = clock.now
     assert chosen.pick((fast, slow)).name == "slow"  # type: ignore[attr-defined]
 
