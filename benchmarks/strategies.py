@@ -576,7 +576,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--concurrency", type=int, default=16, help="closed-loop clients")
     ap.add_argument("--scenarios", default=",".join(SCENARIOS))
     ap.add_argument("--strategies", default=",".join(STRATEGIES))
-    ap.add_argument("--fast-ms", type=float, default=2.0, help="base backend delay")
+    ap.add_argument("--fast-ms", type=float, default=10.0, help="base backend delay")
     ap.add_argument("--error-rate", type=float, default=0.01, help="b3's 500s in `errors`")
     ap.add_argument("--slow-window", default="2,6", help="START,END seconds b3 is slow")
     ap.add_argument("--seed", type=int, default=1)
