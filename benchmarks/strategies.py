@@ -186,7 +186,7 @@ def scenarios(args: argparse.Namespace) -> dict[str, Scenario]:
     }
 
 
-def balancer_yaml(strategy: str, ports: list[int]) -> str:
+def balancer_yaml(strategy: str, ports: list[int], adaptive_weights: str = "") -> str:
     urls = "".join(
         f"  - {{url: 'http://127.0.0.1:{p}', name: {n}}}\n"
         for n, p in zip(BACKENDS, ports, strict=True)
@@ -201,6 +201,8 @@ def balancer_yaml(strategy: str, ports: list[int]) -> str:
     )
     if strategy == "consistent_hash":
         text += "hash: {on: header, name: X-User}\n"
+    if strategy == "adaptive" and adaptive_weights:
+        text += f"adaptive: {{weights: {{{adaptive_weights}}}}}\n"
     return text + "backends:\n" + urls
 
 
@@ -387,7 +389,7 @@ def one_run(sc: Scenario, strategy: str, args: argparse.Namespace, tmp: Path) ->
         for proc, port in zip(started, ports, strict=True):
             wait_ready(proc, f"http://127.0.0.1:{port}/health")
         cfg = run_dir / "balancer.yaml"
-        cfg.write_text(balancer_yaml(strategy, ports))
+        cfg.write_text(balancer_yaml(strategy, ports, args.adaptive_weights))
         bal = procs.start("balancer", balancer_argv(cfg), cwd=REPO)
         port = wait_listen_line(bal)
         url = f"http://127.0.0.1:{port}/"
@@ -577,6 +579,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--scenarios", default=",".join(SCENARIOS))
     ap.add_argument("--strategies", default=",".join(STRATEGIES))
     ap.add_argument("--fast-ms", type=float, default=10.0, help="base backend delay")
+    ap.add_argument(
+        "--adaptive-weights",
+        default="",
+        help="adaptive's weights as YAML items, e.g. 'connections: 0.2, response_time: 0.6'",
+    )
     ap.add_argument("--error-rate", type=float, default=0.01, help="b3's 500s in `errors`")
     ap.add_argument("--slow-window", default="2,6", help="START,END seconds b3 is slow")
     ap.add_argument("--seed", type=int, default=1)
