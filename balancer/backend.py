@@ -56,6 +56,7 @@ EWMA_ALPHA = 0.2
 # 1 - exp(-t / EWMA_TAU) (Finagle's time-decayed EWMA), so a backend that got no traffic while
 # it was slow is judged by its first new answer, not by its past.
 EWMA_TAU = 1.0
+EWMA_GAP = EWMA_TAU * math.log(1.0 / (1.0 - EWMA_ALPHA))  # 0.223 s
 
 
 class RequestStats:
@@ -222,7 +223,9 @@ class Backend:
             self.latency_ewma = seconds
         else:
             gap = now - self.latency_updated_at
-            alpha = max(EWMA_ALPHA, 1.0 - math.exp(-gap / EWMA_TAU))
+            alpha = EWMA_ALPHA
+            if gap > EWMA_GAP:  # only then does the time-decayed weight exceed EWMA_ALPHA
+                alpha = 1.0 - math.exp(-gap / EWMA_TAU)
             self.latency_ewma += alpha * (seconds - self.latency_ewma)
         self.latency_updated_at = now
 

@@ -291,8 +291,8 @@ class Proxy:
             upload: asyncio.Task[None] | None = None
             try:
                 conn.send_head(head, request.method)
+                conn.request_sent()
                 if framing is None:
-                    conn.request_sent()
                     response_head = await conn.read_head()
                 else:
                     upload = asyncio.ensure_future(self._upload(request, conn, framing))

@@ -202,7 +202,6 @@ class UpstreamConnection(asyncio.Protocol):
         self.complete = False
         self._skip_body = method == "HEAD"
         self.transport.write(head)
-        self._progress()
 
     def _progress(self) -> None:
         """The exchange moved (bytes written, drained or read): timeouts.read counts anew.
@@ -231,7 +230,9 @@ class UpstreamConnection(asyncio.Protocol):
             self._last_read = self._loop.time()
 
     def request_sent(self) -> None:
-        """The whole request is out: the backend's silence counts from now."""
+        """The head (and, when called again, the whole body) is out: the backend's silence
+        counts from now. The proxy calls it right after send_head, so an upload the backend
+        stops reading is timed too."""
         self._progress()
 
     @property
