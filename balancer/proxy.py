@@ -356,30 +356,20 @@ class Proxy:
         transport = request.transport
         if transport is None or transport.is_closing():
             raise ClientGone()
-        http10 = request.version < HTTP11
-        if has_body(request.method, status):
-            body = conn.take_body()
-            head = response_head_bytes(
-                status,
-                reason,
-                raw,
-                http10=http10,
-                keep_alive=keep_alive,
-                framing=b"Content-Length: %d" % len(body),
-                extra=extra,
-            )
+        body = conn.take_body() if has_body(request.method, status) else None
+        head = response_head_bytes(
+            status,
+            reason,
+            raw,
+            http10=request.version < HTTP11,
+            keep_alive=keep_alive,
+            framing=b"Content-Length: %d" % len(body) if body is not None else None,
+            length_for_head=body is None and status != 204,  # HEAD and 304 keep it
+            extra=extra,
+        )
+        if body is not None:
             transport.writelines((head, body))
         else:
-            head = response_head_bytes(
-                status,
-                reason,
-                raw,
-                http10=http10,
-                keep_alive=keep_alive,
-                framing=None,
-                length_for_head=status != 204,
-                extra=extra,
-            )
             transport.write(head)
         self._finish(backend, status, started)
         return Sent(status, keep_alive)

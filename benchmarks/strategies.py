@@ -54,15 +54,9 @@ from run import (
     wait_ready,
 )
 
-STRATEGIES = (
-    "round_robin",
-    "weighted",
-    "least_connections",
-    "response_time",
-    "adaptive",
-    "p2c",
-    "consistent_hash",
-)
+from balancer.config import STRATEGY_NAMES
+
+STRATEGIES = STRATEGY_NAMES  # every strategy the config accepts, in its order
 SCENARIOS = ("slow", "recovering", "errors")
 BACKENDS = ("b1", "b2", "b3")  # b3 is the odd one in every scenario
 ODD = "b3"
