@@ -20,6 +20,7 @@ from aiohttp.streams import EMPTY_PAYLOAD
 from aiohttp.web_protocol import RequestHandler, _ErrInfo
 
 from balancer.config import LimitsConfig, TimeoutsConfig
+from balancer.front_loop import LeanRequestHandler
 
 log = logging.getLogger("balancer.front")
 
@@ -45,7 +46,7 @@ class HeadTooLarge(BadHttpMessage):
     """The whole request head is over limits.max_head."""
 
 
-class FrontHandler(RequestHandler):
+class FrontHandler(LeanRequestHandler):
     """One client connection."""
 
     __slots__ = (

@@ -43,6 +43,7 @@ LABELS = {
 }
 LISTEN_RE = re.compile(r"(proxy|admin) listening on http://(\S+):(\d+)")
 BODY_LEN = 110
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
@@ -87,6 +88,19 @@ class Proc:
                 if text:
                     parts.append(f"[{p.name}] {text[-n:]}")
         return "\n".join(parts) or "(no output)"
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU of the whole process group (nginx's workers too), in seconds."""
+        total = 0
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            # fields[0] is field 3 (state): pgrp is field 5, utime 14, stime 15.
+            if int(fields[2]) == self.popen.pid:
+                total += int(fields[11]) + int(fields[12])
+        return total / CLOCK_TICKS
 
     def status_kb(self, key: str) -> int | None:
         """VmHWM / VmRSS of the process, in kB (None once it is gone)."""
@@ -378,6 +392,7 @@ def summarise(results: dict[str, list[dict[str, object]]]) -> dict[str, dict[str
             "rps": median_of(rows, "rps"),
             "p50_ms": median_of(rows, "p50_ms"),
             "p99_ms": median_of(rows, "p99_ms"),
+            "cpu_us": median_of(rows, "cpu_us"),
             "errors": sum(int(r.get("errors") or 0) for r in rows),  # type: ignore[call-overload]
         }
     return out
@@ -396,8 +411,8 @@ def print_report(
         f"{args.rounds} interleaved round(s), median per proxy; backends: {info.get('backends')}"
     )
     print()
-    print("| proxy | req/s | p50 | p99 | errors |")
-    print("| --- | ---: | ---: | ---: | ---: |")
+    print("| proxy | req/s | p50 | p99 | CPU per request | errors |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: |")
     for name in ALL:
         if name not in medians:
             continue
@@ -406,12 +421,13 @@ def print_report(
         errors = int(m["errors"])  # type: ignore[call-overload]
         err = f"**{errors} !!**" if errors else "0"
         rps_s = f"{rps:,.0f}" if isinstance(rps, float) else "-"
-        p50, p99 = m["p50_ms"], m["p99_ms"]
+        p50, p99, cpu = m["p50_ms"], m["p99_ms"], m["cpu_us"]
+        cpu_s = f"{cpu:.0f} us" if isinstance(cpu, float) else "-"
         print(
-            f"| {LABELS[name]} | {rps_s} | {fmt_ms(p50)} | {fmt_ms(p99)} | {err} |"  # type: ignore[arg-type]
+            f"| {LABELS[name]} | {rps_s} | {fmt_ms(p50)} | {fmt_ms(p99)} | {cpu_s} | {err} |"  # type: ignore[arg-type]
         )
     for name, why in skipped.items():
-        print(f"| {LABELS[name]} | skipped: {why} | | | |")
+        print(f"| {LABELS[name]} | skipped: {why} | | | | |")
     print()
     bal = medians.get("balancer", {}).get("rps")
     if isinstance(bal, float):
@@ -419,6 +435,10 @@ def print_report(
             o = medians.get(other, {}).get("rps")
             if isinstance(o, float) and o > 0:
                 print(f"balancer / {other} = {bal / o:.2f}x")
+        cpu_b = medians.get("balancer", {}).get("cpu_us")
+        cpu_n = medians.get("naive", {}).get("cpu_us")
+        if isinstance(cpu_b, float) and isinstance(cpu_n, float) and cpu_b > 0:
+            print(f"naive CPU per request / balancer CPU per request = {cpu_n / cpu_b:.2f}x")
     else:
         naive = medians.get("naive", {}).get("rps")
         for other in ("haproxy", "nginx", "direct"):
@@ -577,15 +597,24 @@ def measure(
         for name in order:
             if name not in urls:
                 continue
+            owner = owners.get(name)
+            cpu_before = owner.cpu_seconds() if owner else 0.0
             res = run_wrk(urls[name], args.threads, args.connections, args.duration)
+            requests = res.get("requests")
+            if owner is not None and isinstance(requests, int) and requests > 0:
+                # CPU per request is steadier than req/s on a noisy machine: the other
+                # processes slow the proxy down, they hardly change what a request costs it.
+                res["cpu_us"] = (owner.cpu_seconds() - cpu_before) * 1e6 / requests
             res["round"] = r + 1
             results[name].append(res)
             rps = res.get("rps")
             shown = f"{rps:,.0f} req/s" if isinstance(rps, float) else "FAILED"
+            cpu = res.get("cpu_us")
+            if isinstance(cpu, float):
+                shown += f", {cpu:.0f} us CPU/request"
             note(f"round {r + 1}/{args.rounds} {name}: {shown}, errors {res.get('errors')}")
             if "wrk_failed" in res:
                 note(f"{name}: wrk: {res['wrk_failed']}")
-            owner = owners.get(name)
             if owner is not None and not owner.alive():
                 note(f"{name} died (exit {owner.popen.returncode}), dropped:\n{owner.tail()}")
                 del urls[name]
