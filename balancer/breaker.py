@@ -62,6 +62,7 @@ class Breaker:
         self._on_change = on_change
         self._timer: asyncio.TimerHandle | None = None
         self.trial_in_flight = False
+        self._failures_counted = False  # pybreaker's fail_counter > 0 (a property, and slow)
         self._cb = pybreaker.CircuitBreaker(
             fail_max=failure_threshold, reset_timeout=reset_timeout, name=name
         )
@@ -98,12 +99,13 @@ class Breaker:
 
     def record(self, ok: bool) -> None:
         """The outcome of one attempt: a success, or a failure the backend is to blame for."""
-        if ok and self.state == "closed" and not self._cb.fail_counter:
+        if ok and self.state == "closed" and not self._failures_counted:
             return  # the common case changes nothing: skip pybreaker's lock and bookkeeping
         try:
             self._cb.call(_succeed if ok else _fail)
         except (_Failure, pybreaker.CircuitBreakerError):
             pass
+        self._failures_counted = self._cb.fail_counter > 0
         if self.trial_in_flight and self.state != "half_open":
             self.trial_in_flight = False
             self._on_change()

@@ -42,6 +42,15 @@ def head_size(message: RawRequestMessage) -> int:
     return size + 2
 
 
+def client_address(request: web.BaseRequest) -> str:
+    """The client's IP address ("" when unknown), read once per connection: aiohttp works
+    `request.remote` out again for every request."""
+    protocol = request.protocol
+    if isinstance(protocol, FrontHandler):
+        return protocol.client_ip
+    return request.remote or ""
+
+
 class HeadTooLarge(BadHttpMessage):
     """The whole request head is over limits.max_head."""
 
@@ -57,6 +66,7 @@ class FrontHandler(LeanRequestHandler):
         "_limits",
         "_line_ended",
         "_timeouts",
+        "client_ip",
     )
 
     def __init__(
@@ -70,9 +80,15 @@ class FrontHandler(LeanRequestHandler):
         self._head_start = b""
         self._last_payload: Any = None  # the body of the newest parsed request
         self._line_ended = True  # whether the refused head's request line was complete
+        self.client_ip = ""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
+        peer = transport.get_extra_info("peername")
+        if isinstance(peer, tuple | list) and peer:
+            self.client_ip = str(peer[0])  # as aiohttp's request.remote reads it
+        elif isinstance(peer, str):
+            self.client_ip = peer
         self._start_head_timer()  # from accept (SPEC §4)
 
     def connection_lost(self, exc: BaseException | None) -> None:

@@ -42,11 +42,17 @@ def connection_tokens(raw_headers: RawHeaders) -> frozenset[bytes]:
 _NEVER_DROPPED = frozenset({b"host"})
 
 
-def _dropped_names(raw_headers: RawHeaders) -> frozenset[bytes]:
-    for name, _ in raw_headers:
-        if len(name) == 10 and name.lower() == b"connection":
-            return HOP_BY_HOP | (connection_tokens(raw_headers) - _NEVER_DROPPED)
-    return HOP_BY_HOP
+# Connection tokens that name no field beyond the hop-by-hop ones (RFC 9110 7.6.1).
+_PLAIN_CONNECTION_TOKENS = HOP_BY_HOP | {b"close"}
+
+
+def _names_more_fields(connection: bytes) -> bool:
+    """Whether a Connection value names a field other than the hop-by-hop ones."""
+    return any(
+        token.strip() not in _PLAIN_CONNECTION_TOKENS
+        for token in connection.lower().split(b",")
+        if token.strip()
+    )
 
 
 def request_head(
@@ -68,24 +74,32 @@ def request_head(
     Upgrade request (the one exception to hop-by-hop removal, SPEC §4); `drop_cookie` the
     balancer's own sticky cookie, which backends never see (SPEC §2).
     """
-    dropped = _dropped_names(raw_headers)
-    parts = [f"{method} {target} HTTP/1.1\r\n".encode("latin-1")]
-    forwarded_for: list[bytes] = []
-    host: bytes | None = None
-    for name, value in raw_headers:
-        lname = name.lower()
-        if lname in dropped or lname in _REPLACED_ON_REQUEST or lname == b"content-length":
-            continue
-        if lname == b"x-forwarded-for":
-            forwarded_for.append(value)
-            continue
-        if lname == b"host":
-            host = value
-        elif lname == b"cookie" and drop_cookie is not None:
-            value = without_cookie(value, drop_cookie)
-            if not value:
+    # One pass drops the hop-by-hop fields; a Connection that names more fields (rare) means
+    # a second pass, dropping those too.
+    dropped = HOP_BY_HOP
+    while True:
+        parts = [f"{method} {target} HTTP/1.1\r\n".encode("latin-1")]
+        forwarded_for: list[bytes] = []
+        host: bytes | None = None
+        for name, value in raw_headers:
+            lname = name.lower()
+            if lname in dropped or lname in _REPLACED_ON_REQUEST or lname == b"content-length":
+                if lname == b"connection" and dropped is HOP_BY_HOP and _names_more_fields(value):
+                    break
                 continue
-        parts += (name, b": ", value, b"\r\n")
+            if lname == b"x-forwarded-for":
+                forwarded_for.append(value)
+                continue
+            if lname == b"host":
+                host = value
+            elif lname == b"cookie" and drop_cookie is not None:
+                value = without_cookie(value, drop_cookie)
+                if not value:
+                    continue
+            parts += (name, b": ", value, b"\r\n")
+        else:
+            break
+        dropped = HOP_BY_HOP | (connection_tokens(raw_headers) - _NEVER_DROPPED)
     if host is None:
         # An HTTP/1.0 client may send no Host; the backend still needs one (RFC 9112 3.2).
         parts += (b"Host: ", default_host, b"\r\n")

@@ -18,9 +18,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from http import HTTPStatus
+from typing import TYPE_CHECKING
 
 from aiohttp import HttpVersion, web
 from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.http_parser import RawRequestMessage
 
 from balancer import tunnel
 from balancer.backend import Attempt, Backend
@@ -33,6 +35,7 @@ from balancer.errors import (
     NoBackendAvailable,
     ProxyError,
 )
+from balancer.front import client_address
 from balancer.headers import content_length, origin_form, request_body_framing, request_head
 from balancer.load import parse_load
 from balancer.pool import Pool
@@ -41,6 +44,9 @@ from balancer.response import response_head as response_head_bytes
 from balancer.sticky import Sticky
 from balancer.strategies import needs_key
 from balancer.upstream import ResponseHead, UpstreamConnection
+
+if TYPE_CHECKING:
+    from multidict import CIMultiDictProxy  # aiohttp's own dependency
 
 log = logging.getLogger("balancer.proxy")
 
@@ -103,36 +109,39 @@ class Proxy:
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse | Sent:
         started = self.clock()
-        raw_headers = request.raw_headers
-        method = request.method
+        # The parsed request, read straight: BaseRequest hands each part out through a cached
+        # property that costs a Python call the first time (~6% of a request, callgrind).
+        message: RawRequestMessage = request._message
+        raw_headers = message.raw_headers
+        method = message.method
         try:
             if method == "CONNECT":
                 raise BadRequest("CONNECT is not supported by a reverse proxy", status=501)
-            target = request.raw_path
+            target = message.path
             if target[:1] != "/":
                 target = origin_form(target, raw_headers)
-            framing = request_body_framing(request.version, raw_headers, self.max_body)
-            websocket = _websocket_upgrade(request)
+            framing = request_body_framing(message.version, raw_headers, self.max_body)
+            websocket = _websocket_upgrade(message.headers)
         except BadRequest as exc:
             return self._answer_error(exc, None, started, close=True)
         pool = self.pool
-
-        def head_for(backend_address: bytes) -> bytes:
-            return request_head(
+        client_ip = client_address(request)
+        drop_cookie = self.sticky.own_cookie if self.sticky is not None else None
+        # An HTTP/1.0 client may send no Host: each attempt then names its own backend.
+        hostless = "Host" not in message.headers
+        head = b""
+        if not hostless:
+            head = request_head(
                 method,
                 target,
                 raw_headers,
-                client_ip=request.remote or "",
+                client_ip=client_ip,
                 proto=self.proto,
-                default_host=backend_address,
+                default_host=b"",
                 body_framing=framing,
                 upgrade=websocket,
-                drop_cookie=self.sticky.own_cookie if self.sticky is not None else None,
+                drop_cookie=drop_cookie,
             )
-
-        # An HTTP/1.0 client may send no Host: each attempt then names its own backend.
-        hostless = "Host" not in request.headers
-        head = head_for(b"") if not hostless else b""
         key = self.request_key(request) if self.request_key is not None else None
         plan = await self._sticky_plan(request) if self.sticky is not None else None
         tried: list[Backend] = []
@@ -155,9 +164,19 @@ class Proxy:
                 tried.append(backend)
                 try:
                     if hostless:
-                        head = head_for(backend.upstream.address.encode())
+                        head = request_head(
+                            method,
+                            target,
+                            raw_headers,
+                            client_ip=client_ip,
+                            proto=self.proto,
+                            default_host=backend.upstream.address.encode(),
+                            body_framing=framing,
+                            upgrade=websocket,
+                            drop_cookie=drop_cookie,
+                        )
                     return await self._attempt(
-                        backend, request, head, framing, websocket, started, plan
+                        backend, request, message, head, framing, websocket, started, plan
                     )
                 except ClientGone as exc:
                     self._finish(backend, exc.status, started)  # 499, as nginx logs it
@@ -279,6 +298,7 @@ class Proxy:
         self,
         backend: Backend,
         request: web.BaseRequest,
+        message: RawRequestMessage,
         head: bytes,
         framing: bytes | None,
         websocket: bytes | None,
@@ -290,7 +310,7 @@ class Proxy:
             conn = upstream.take_idle() or await upstream.connect()
             upload: asyncio.Task[None] | None = None
             try:
-                conn.send_head(head, request.method)
+                conn.send_head(head, message.method)
                 conn.request_sent()
                 if framing is None:
                     response_head = await conn.read_head()
@@ -300,7 +320,7 @@ class Proxy:
                 attempt.head_received(response_head.status)
                 if conn.reported_load is not None:
                     backend.report_load(*parse_load(b"", conn.reported_load))
-                client_keep_alive = request.keep_alive
+                client_keep_alive = not message.should_close
                 if upload is not None and not upload.done():
                     # The backend answered before it had the whole body: never reuse this
                     # connection; the client's closes after the answer (its body is unread).
@@ -314,9 +334,16 @@ class Proxy:
                     if websocket is None:
                         raise BadBackendResponse("backend switched protocols unasked")
                     return await tunnel.relay(request, conn, response_head, attempt, self._finish)
-                if conn.complete or not has_body(request.method, response_head.status):
+                if conn.complete or not has_body(message.method, response_head.status):
                     sent = self._respond_now(
-                        request, conn, response_head, backend, started, client_keep_alive, extra
+                        request,
+                        message,
+                        conn,
+                        response_head,
+                        backend,
+                        started,
+                        client_keep_alive,
+                        extra,
                     )
                 else:
                     sent = await self._stream(
@@ -344,6 +371,7 @@ class Proxy:
     def _respond_now(
         self,
         request: web.BaseRequest,
+        message: RawRequestMessage,
         conn: UpstreamConnection,
         response_head: ResponseHead,
         backend: Backend,
@@ -356,12 +384,12 @@ class Proxy:
         transport = request.transport
         if transport is None or transport.is_closing():
             raise ClientGone()
-        body = conn.take_body() if has_body(request.method, status) else None
+        body = conn.take_body() if has_body(message.method, status) else None
         head = response_head_bytes(
             status,
             reason,
             raw,
-            http10=request.version < HTTP11,
+            http10=message.version < HTTP11,
             keep_alive=keep_alive,
             framing=b"Content-Length: %d" % len(body) if body is not None else None,
             length_for_head=body is None and status != 204,  # HEAD and 304 keep it
@@ -518,17 +546,17 @@ def key_getter(on: str, name: str | None) -> Callable[[web.BaseRequest], bytes |
         return from_cookie
 
     def client_ip(request: web.BaseRequest) -> bytes | None:
-        return (request.remote or "").encode() or None
+        return client_address(request).encode() or None
 
     return client_ip
 
 
-def _websocket_upgrade(request: web.BaseRequest) -> bytes | None:
+def _websocket_upgrade(headers: CIMultiDictProxy[str]) -> bytes | None:
     """The Upgrade value when the request asks for a WebSocket (the only one tunnelled)."""
-    upgrade = request.headers.get("Upgrade")
+    upgrade = headers.get("Upgrade")
     if upgrade is None or upgrade.lower() != "websocket":
         return None
-    connection = request.headers.get("Connection", "")
+    connection = headers.get("Connection", "")
     if "upgrade" not in connection.lower():
         return None
     return upgrade.encode("latin-1")

@@ -244,7 +244,12 @@ class UpstreamConnection(asyncio.Protocol):
         while self._head is None:
             if self._error is not None:
                 raise self._error
-            await self._wait()
+            # _wait() inlined: this await is on every request's path.
+            self._waiter = waiter = self._loop.create_future()
+            try:
+                await waiter
+            finally:
+                self._waiter = None
         return self._head
 
     async def read_chunk(self) -> bytes:

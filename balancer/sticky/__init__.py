@@ -22,6 +22,7 @@ from http.cookies import CookieError, SimpleCookie
 from aiohttp import web
 
 from balancer.config import StickyConfig
+from balancer.front import client_address
 from balancer.sticky.store import SessionStore
 
 COOKIE_ID_BYTES = 18  # 144 random bits, base64url: unguessable
@@ -45,7 +46,7 @@ class Sticky:
         elif mode == "header":
             value = request.headers.get(self.header)
         else:
-            value = request.remote
+            value = client_address(request)
         return self._prefix + value if value else None
 
     def new_cookie(self) -> tuple[str, str]:
