@@ -65,7 +65,6 @@ async def probe(pool: UpstreamPool, path: str, deadline: float) -> ProbeResult:
         async with asyncio.timeout(deadline):
             conn = await pool.connect()
             conn.send_head(head.encode("latin-1"), "GET")
-            conn.request_sent()
             response = await conn.read_head()
             body = b""
             while len(body) < MAX_PROBE_BODY and (chunk := await conn.read_chunk()):

@@ -311,7 +311,6 @@ class Proxy:
             upload: asyncio.Task[None] | None = None
             try:
                 conn.send_head(head, message.method)
-                conn.request_sent()
                 if framing is None:
                     response_head = await conn.read_head()
                 else:
@@ -334,10 +333,12 @@ class Proxy:
                     if websocket is None:
                         raise BadBackendResponse("backend switched protocols unasked")
                     return await tunnel.relay(request, conn, response_head, attempt, self._finish)
-                if conn.complete or not has_body(message.method, response_head.status):
+                with_body = has_body(message.method, response_head.status)
+                if conn.complete or not with_body:
                     sent = self._respond_now(
                         request,
                         message,
+                        with_body,
                         conn,
                         response_head,
                         backend,
@@ -372,6 +373,7 @@ class Proxy:
         self,
         request: web.BaseRequest,
         message: RawRequestMessage,
+        with_body: bool,
         conn: UpstreamConnection,
         response_head: ResponseHead,
         backend: Backend,
@@ -384,7 +386,7 @@ class Proxy:
         transport = request.transport
         if transport is None or transport.is_closing():
             raise ClientGone()
-        body = conn.take_body() if has_body(message.method, status) else None
+        body = conn.take_body() if with_body else None
         head = response_head_bytes(
             status,
             reason,

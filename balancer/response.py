@@ -22,6 +22,7 @@ _PLAIN_CONNECTION_TOKENS = frozenset({b"keep-alive", b"close", b"upgrade"})
 _DROP_FROM_RESPONSE = HOP_BY_HOP | {b"content-length", b"x-backend-load"}
 _STATUS_WITHOUT_BODY = frozenset({204, 304})
 CHUNKED_END = b"0\r\n\r\n"
+_STATUS_LINES: dict[tuple[int, str, bool], bytes] = {}
 
 
 class Sent:
@@ -76,8 +77,14 @@ def response_head(
         dropped = dropped | connection_tokens(raw_headers)
         parts = _serialise(raw_headers, dropped, length_for_head, names_fields=False)
         assert parts is not None
-    version = b"HTTP/1.0 " if http10 else b"HTTP/1.1 "
-    parts[0] = b"%s%d %s\r\n" % (version, status, reason.encode("latin-1"))
+    key = (status, reason, http10)
+    line = _STATUS_LINES.get(key)
+    if line is None:
+        version = b"HTTP/1.0 " if http10 else b"HTTP/1.1 "
+        line = b"%s%d %s\r\n" % (version, status, reason.encode("latin-1"))
+        if len(_STATUS_LINES) < 256:  # backends' reason phrases cannot grow it without bound
+            _STATUS_LINES[key] = line
+    parts[0] = line
     if extra is not None:
         parts += (extra, b"\r\n")
     if framing is not None:

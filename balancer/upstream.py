@@ -158,8 +158,10 @@ class UpstreamConnection(asyncio.Protocol):
             self._informational = True
             return
         raw = self._raw_headers
-        self._head = ResponseHead(
-            status, _reason(self._reason), raw, bool(self._parser.should_keep_alive())
+        # tuple.__new__: a NamedTuple's own __new__ is a Python call (on every response).
+        self._head = tuple.__new__(
+            ResponseHead,
+            (status, _reason(self._reason), raw, bool(self._parser.should_keep_alive())),
         )
         if self._skip_body:
             # llhttp cannot be told that a response answers HEAD, so it would wait for the
@@ -193,7 +195,8 @@ class UpstreamConnection(asyncio.Protocol):
 
     # -- used by the proxy -----------------------------------------------------------
     def send_head(self, head: bytes, method: str) -> None:
-        """Start a request: reset the per-response state and write the head."""
+        """Start a request: reset the per-response state and write the head. The backend's
+        silence counts from now (and again from `request_sent`, after a body)."""
         assert self.transport is not None
         self._busy = True
         self._head = None
@@ -202,6 +205,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.complete = False
         self._skip_body = method == "HEAD"
         self.transport.write(head)
+        self._progress()
 
     def _progress(self) -> None:
         """The exchange moved (bytes written, drained or read): timeouts.read counts anew.
@@ -230,9 +234,7 @@ class UpstreamConnection(asyncio.Protocol):
             self._last_read = self._loop.time()
 
     def request_sent(self) -> None:
-        """The head (and, when called again, the whole body) is out: the backend's silence
-        counts from now. The proxy calls it right after send_head, so an upload the backend
-        stops reading is timed too."""
+        """The whole body is out: the backend's silence counts from now."""
         self._progress()
 
     @property
@@ -344,9 +346,18 @@ class UpstreamConnection(asyncio.Protocol):
             self._timer = None
 
 
+_REASONS: dict[bytes, str] = {}
+
+
 def _reason(raw: bytes) -> str:
-    text = raw.decode("latin-1")
-    return text if text.isprintable() else ""
+    """The reason phrase, or "" when it holds a character we would not pass on."""
+    reason = _REASONS.get(raw)
+    if reason is None:
+        text = raw.decode("latin-1")
+        reason = text if text.isprintable() else ""
+        if len(_REASONS) < 256:  # a backend cannot grow it without bound
+            _REASONS[raw] = reason
+    return reason
 
 
 class UpstreamPool:

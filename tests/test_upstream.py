@@ -48,7 +48,6 @@ def request(path: str = "/", method: str = "GET", extra: bytes = b"") -> bytes:
 
 async def send(conn: UpstreamConnection, head: bytes, method: str = "GET") -> ResponseHead:
     conn.send_head(head, method)
-    conn.request_sent()
     async with asyncio.timeout(10):
         return await conn.read_head()
 
