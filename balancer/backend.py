@@ -52,6 +52,7 @@ TAKES_STICKY_REQUESTS: dict[State, bool] = {
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
 # Weight of the newest sample in the latency EWMA.
 EWMA_ALPHA = 0.2
+NEVER = float("-inf")  # a time that has not come yet
 # ...or more when the previous sample is old: a sample after a gap of t seconds weighs at least
 # 1 - exp(-t / EWMA_TAU) (Finagle's time-decayed EWMA), so a backend that got no traffic while
 # it was slow is judged by its first new answer, not by its past.
@@ -219,7 +220,7 @@ class Backend:
 
     def observe_latency(self, seconds: float, now: float | None = None) -> None:
         now = self._clock() if now is None else now
-        if self.latency_updated_at == float("-inf"):  # the first sample (it may be 0.0)
+        if self.latency_updated_at == NEVER:  # the first sample (it may be 0.0)
             self.latency_ewma = seconds
         else:
             gap = now - self.latency_updated_at
