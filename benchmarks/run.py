@@ -398,8 +398,21 @@ def summarise(results: dict[str, list[dict[str, object]]]) -> dict[str, dict[str
     return out
 
 
+def round_ratios(results: dict[str, list[dict[str, object]]], other: str) -> list[float]:
+    """balancer / other req/s in each round where both ran: the two ran back to back, so
+    a ratio per round cancels the machine's drift better than a ratio of medians."""
+    by_round = {r.get("round"): r.get("rps") for r in results.get(other, [])}
+    ratios = []
+    for row in results.get("balancer", []):
+        mine, theirs = row.get("rps"), by_round.get(row.get("round"))
+        if isinstance(mine, float) and isinstance(theirs, float) and theirs > 0:
+            ratios.append(mine / theirs)
+    return ratios
+
+
 def print_report(
     medians: dict[str, dict[str, object]],
+    results: dict[str, list[dict[str, object]]],
     rss: dict[str, int | None],
     info: dict[str, object],
     args: argparse.Namespace,
@@ -434,7 +447,12 @@ def print_report(
         for other in ("naive", "haproxy", "nginx", "direct"):
             o = medians.get(other, {}).get("rps")
             if isinstance(o, float) and o > 0:
-                print(f"balancer / {other} = {bal / o:.2f}x")
+                line = f"balancer / {other} = {bal / o:.2f}x"
+                ratios = round_ratios(results, other)
+                if len(ratios) > 1:
+                    each = ", ".join(f"{r:.2f}" for r in ratios)
+                    line += f"  (per round: {each}; median {statistics.median(ratios):.2f}x)"
+                print(line)
         cpu_b = medians.get("balancer", {}).get("cpu_us")
         cpu_n = medians.get("naive", {}).get("cpu_us")
         if isinstance(cpu_b, float) and isinstance(cpu_n, float) and cpu_b > 0:
@@ -621,7 +639,7 @@ def measure(
 
     rss = {n: p.status_kb("VmHWM") for n, p in owners.items()}
     medians = summarise(results)
-    print_report(medians, rss, info, args, skipped)
+    print_report(medians, results, rss, info, args, skipped)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         doc = {

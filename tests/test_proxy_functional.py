@@ -141,6 +141,28 @@ async def test_websocket_upgrade_is_tunnelled(
     assert seen.header("Upgrade") == ["websocket"]
 
 
+async def test_request_pipelined_behind_a_declined_upgrade_is_answered(
+    balancer: Balancer, backends: list[Backend]
+) -> None:
+    # The backend answers a WebSocket upgrade with a plain 200 (it declines). The front's
+    # parser stopped at the upgrade; the bytes behind it (a second request) must be parsed
+    # and answered once the first answer went out.
+    reader, writer = await asyncio.open_connection(*balancer.host_port)
+    try:
+        writer.write(
+            b"GET /first HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+            b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+            b"GET /second HTTP/1.1\r\nHost: a\r\n\r\n"
+        )
+        first = await read_response(reader)
+        second = await read_response(reader)
+    finally:
+        writer.close()
+    assert (first.status, second.status) == (200, 200)
+    assert [s.path for s in backends[0].seen + backends[1].seen] == ["/first", "/second"]
+    assert b'"path": "/second"' in second.body
+
+
 async def test_expect_100_continue(balancer: Balancer) -> None:
     reader, writer = await asyncio.open_connection(*balancer.host_port)
     try:
