@@ -331,7 +331,8 @@ def run_wrk(url: str, threads: int, connections: int, duration: float) -> dict[s
     result: dict[str, object] = dict(parse_wrk(cp.stdout))
     if cp.returncode != 0 or result["rps"] is None:
         result["wrk_failed"] = (cp.stderr or cp.stdout).strip()[-500:]
-        result["errors"] = int(result.get("errors") or 0) or 1
+        errors = result.get("errors")
+        result["errors"] = (errors if isinstance(errors, int) else 0) or 1
     return result
 
 
@@ -380,7 +381,7 @@ def fmt_ms(v: float | None) -> str:
 
 
 def median_of(rows: list[dict[str, object]], key: str) -> float | None:
-    vals = [float(r[key]) for r in rows if isinstance(r.get(key), int | float)]
+    vals = [float(v) for r in rows if isinstance(v := r.get(key), int | float)]
     return statistics.median(vals) if vals else None
 
 
@@ -540,6 +541,7 @@ def start_targets(
         note("nginx not found: backends are benchmarks/backend.py (aiohttp), much slower")
     for p, port in zip(backends, bports, strict=True):
         wait_ready(p, f"http://127.0.0.1:{port}/")
+    info["backend_ports"] = bports
     kind = "nginx return 200" if have_nginx else "benchmarks/backend.py (aiohttp fallback)"
     info["backends"] = f"2 x {kind}, {BODY_LEN}-byte body"
     note(f"backends on ports {bports}: {info['backends']}")
