@@ -78,7 +78,8 @@ class FrontHandler(LeanRequestHandler):
         self._head_timer: asyncio.TimerHandle | None = None
         self._head_bytes = 0
         self._head_start = b""
-        self._last_payload: Any = None  # the body of the newest parsed request
+        # The body of the newest parsed request; None when it has none (or none was parsed).
+        self._last_payload: Any = None
         self._line_ended = True  # whether the refused head's request line was complete
         self.client_ip = ""
 
@@ -136,7 +137,7 @@ class FrontHandler(LeanRequestHandler):
                         refusal = HeadTooLarge(f"request head over limits.max_head ({limit})")
                         messages[index] = (_ErrInfo(431, refusal, str(refusal)), EMPTY_PAYLOAD)
                 payload = messages[-1][1]
-            self._last_payload = payload
+            self._last_payload = payload if payload is not EMPTY_PAYLOAD else None
         self._head_bytes = 0
         self._head_start = b""
 

@@ -24,6 +24,7 @@ from typing import Any
 
 from aiohttp.helpers import ceil_timeout
 from aiohttp.http_writer import StreamWriter
+from aiohttp.streams import EMPTY_PAYLOAD, StreamReader
 from aiohttp.web_exceptions import HTTPException
 from aiohttp.web_protocol import (
     _PAYLOAD_ACCESS_ERROR,
@@ -76,6 +77,29 @@ class LeanRequestHandler(RequestHandler):
             if self._handler_waiter is not None:
                 self._handler_waiter.set_result(None)
         return resp, reset
+
+    async def _finish_body(self, payload: StreamReader) -> None:
+        """After the answer: if the handler left some of the body unread, read and drop it for
+        a while (lingering_time), so that the client reads the answer rather than a reset;
+        close if it is still not over. aiohttp's own code, moved out of the loop."""
+        loop = self._loop
+        if not payload.is_eof():
+            lingering_time = self._lingering_time
+            if not self._force_close and lingering_time:
+                now = loop.time()
+                end_t = now + lingering_time
+                try:
+                    while not payload.is_eof() and now < end_t:
+                        async with ceil_timeout(end_t - now):
+                            await payload.readany()
+                        now = loop.time()
+                except (asyncio.CancelledError, TimeoutError):
+                    task = asyncio.current_task()
+                    if task is not None and task.cancelling():
+                        raise
+            if not payload.is_eof() and not self._force_close:
+                self.close()
+        payload.set_exception(_PAYLOAD_ACCESS_ERROR)
 
     async def start(self) -> None:
         loop = self._loop
@@ -132,27 +156,8 @@ class LeanRequestHandler(RequestHandler):
 
                 self._keepalive = bool(resp.keep_alive)
 
-                if not payload.is_eof():
-                    # The handler left some of the body unread: read and drop it for a
-                    # while (lingering_time), so that the client reads the answer rather
-                    # than a reset, then close if it is still not over.
-                    lingering_time = self._lingering_time
-                    if not self._force_close and lingering_time:
-                        now = loop.time()
-                        end_t = now + lingering_time
-                        try:
-                            while not payload.is_eof() and now < end_t:
-                                async with ceil_timeout(end_t - now):
-                                    await payload.readany()
-                                now = loop.time()
-                        except (asyncio.CancelledError, TimeoutError):
-                            task = asyncio.current_task()
-                            if task is not None and task.cancelling():
-                                raise
-                    if not payload.is_eof() and not self._force_close:
-                        self.close()
-
-                payload.set_exception(_PAYLOAD_ACCESS_ERROR)
+                if payload is not EMPTY_PAYLOAD:  # the request had a body
+                    await self._finish_body(payload)
 
             except asyncio.CancelledError:
                 self.force_close()
