@@ -6,7 +6,8 @@ Two nginx backends, one redis-server on a free port, two balancers in front of t
 backends, both with `redis.url` set: `off` (sticky: off) and `on` (sticky: header mode, so
 wrk can carry the key: a Lua script sends `X-Session-Id: u<random 1..users>` on each
 request; every new user is a Redis SET, a known one a GETEX unless the near cache has it).
-wrk -t1 -c50 against each in turn, interleaved rounds, medians; prints on/off (goal >= 0.8).
+wrk -t1 -c50 against each in turn, interleaved rounds, medians; prints on/off (goal >= 0.8),
+the ratio in each round (both ran back to back) and each balancer's CPU time per request.
 """
 
 from __future__ import annotations
@@ -98,38 +99,52 @@ def main() -> int:
             script = tmp / "users.lua"
             script.write_text(LUA % args.users)
             urls = {}
+            owners = {}
             for mode, sticky in (("off", "off"), ("on", "header")):
                 cfg = tmp / f"{mode}.yaml"
                 cfg.write_text(balancer_config(ports, redis_port, sticky))
                 proc = procs.start(f"balancer-{mode}", balancer_argv(cfg))
+                owners[mode] = proc
                 urls[mode] = f"http://127.0.0.1:{wait_listen_line(proc)}/"
                 wait_ready(proc, urls[mode])
                 wrk(urls[mode], script, 2)  # warm-up (and the first SET of most users)
             rps: dict[str, list[float]] = {"off": [], "on": []}
             p99: dict[str, list[float]] = {"off": [], "on": []}
+            cpu: dict[str, list[float]] = {"off": [], "on": []}
             for round_no in range(1, args.rounds + 1):
                 order = ["off", "on"] if round_no % 2 else ["on", "off"]
                 for mode in order:
+                    cpu_before = owners[mode].cpu_seconds()
                     result = wrk(urls[mode], script, args.duration)
-                    if result["errors"] or not result["rps"]:
+                    if result["errors"] or not result["rps"] or not result["requests"]:
                         note(f"round {round_no} {mode}: errors {result}")
                         return 1
+                    spent = owners[mode].cpu_seconds() - cpu_before
+                    cpu[mode].append(spent * 1e6 / float(result["requests"]))  # type: ignore[arg-type]
                     rps[mode].append(float(result["rps"]))  # type: ignore[arg-type]
                     p99[mode].append(float(result["p99_ms"] or 0))  # type: ignore[arg-type]
                     note(
-                        f"round {round_no}/{args.rounds} sticky {mode}: {result['rps']:,.0f} req/s"
+                        f"round {round_no}/{args.rounds} sticky {mode}: {result['rps']:,.0f} req/s,"
+                        f" {cpu[mode][-1]:.0f} us CPU/request"
                     )
             print(
                 f"\nwrk -t1 -c50 -d{args.duration:g}s, {args.rounds} interleaved rounds, medians; "
                 f"{args.users} users (X-Session-Id), Redis on loopback\n"
             )
-            print("| sticky | req/s | p99 |\n| --- | ---: | ---: |")
+            print("| sticky | req/s | p99 | CPU per request |\n| --- | ---: | ---: | ---: |")
             for mode in ("off", "on"):
                 rate, tail = statistics.median(rps[mode]), statistics.median(p99[mode])
-                print(f"| {mode} | {rate:,.0f} | {tail:.2f} ms |")
+                spent = statistics.median(cpu[mode])
+                print(f"| {mode} | {rate:,.0f} | {tail:.2f} ms | {spent:.0f} us |")
             ratio = statistics.median(rps["on"]) / statistics.median(rps["off"])
             verdict = "PASS" if ratio >= 0.8 else "MISSED"
             print(f"\nsticky on / off = {ratio:.2f}x (goal >= 0.8) {verdict}")
+            # Each round ran both back to back: their ratio cancels the machine's drift.
+            per_round = [on / off for on, off in zip(rps["on"], rps["off"], strict=True)]
+            each = ", ".join(f"{r:.2f}" for r in per_round)
+            print(f"per round: {each}; median {statistics.median(per_round):.2f}x")
+            cost = statistics.median(cpu["off"]) / statistics.median(cpu["on"])
+            print(f"CPU per request off / on = {cost:.2f}x")
             print(time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()))
             return 0
         finally:
