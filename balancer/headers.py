@@ -42,14 +42,11 @@ def connection_tokens(raw_headers: RawHeaders) -> frozenset[bytes]:
 _NEVER_DROPPED = frozenset({b"host"})
 
 
-# Connection tokens that name no field beyond the hop-by-hop ones (RFC 9110 7.6.1).
-_PLAIN_CONNECTION_TOKENS = HOP_BY_HOP | {b"close"}
-
-
 def _names_more_fields(connection: bytes) -> bool:
-    """Whether a Connection value names a field other than the hop-by-hop ones."""
+    """Whether a Connection value names a field other than the hop-by-hop ones. `close`
+    counts as one: a field named Close (reserved, RFC 9110 18.4) must go too."""
     return any(
-        token.strip() not in _PLAIN_CONNECTION_TOKENS
+        token.strip() not in HOP_BY_HOP
         for token in connection.lower().split(b",")
         if token.strip()
     )

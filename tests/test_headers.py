@@ -93,6 +93,14 @@ def test_fields_named_in_connection_are_not_forwarded(
     assert b"connection" not in names(fields)
 
 
+def test_field_named_close_goes_with_connection_close() -> None:
+    # "close" is a connection option and, to a proxy, also names a field (RFC 9110 7.6.1):
+    # a field called Close (reserved, RFC 9110 18.4) is not forwarded.
+    _, fields = forward([(b"Host", b"h"), (b"Close", b"x"), (b"Connection", b"close")])
+    assert b"close" not in names(fields)
+    assert b"connection" not in names(fields)
+
+
 # -- request_head: X-Forwarded-* --------------------------------------------------------------
 
 
