@@ -79,6 +79,26 @@ class LeanRequestHandler(RequestHandler):
                 self._handler_waiter.set_result(None)
         return resp, reset
 
+    async def shutdown(self, timeout: float | None = 15.0) -> None:  # noqa: ASYNC109 (aiohttp's)
+        """Graceful stop of this connection, the in-flight request cut at `timeout`.
+
+        aiohttp waits `timeout` for a request in progress, then fails only its body and waits
+        `timeout` again before it cancels the handler: twice shutdown_timeout for a request
+        that is waiting on a backend. SPEC: in-flight requests get shutdown_timeout."""
+        cut = None
+        if timeout is not None:
+            cut = self._loop.call_later(timeout, self._cut_handler)
+        try:
+            await super().shutdown(timeout)
+        finally:
+            if cut is not None:
+                cut.cancel()
+
+    def _cut_handler(self) -> None:
+        task = self._task_handler
+        if task is not None and not task.done():
+            task.cancel()
+
     async def _finish_body(self, payload: StreamReader) -> None:
         """After the answer: if the handler left some of the body unread, read and drop it for
         a while (lingering_time), so that the client reads the answer rather than a reset;

@@ -46,9 +46,7 @@ def _names_more_fields(connection: bytes) -> bool:
     """Whether a Connection value names a field other than the hop-by-hop ones. `close`
     counts as one: a field named Close (reserved, RFC 9110 18.4) must go too."""
     return any(
-        token.strip() not in HOP_BY_HOP
-        for token in connection.lower().split(b",")
-        if token.strip()
+        token.strip() not in HOP_BY_HOP for token in connection.lower().split(b",") if token.strip()
     )
 
 
