@@ -85,7 +85,7 @@ class FrontHandler(LeanRequestHandler):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
-        peer = transport.get_extra_info("peername")
+        peer = self.peername  # aiohttp's, cached for the connection
         if isinstance(peer, tuple | list) and peer:
             self.client_ip = str(peer[0])  # as aiohttp's request.remote reads it
         elif isinstance(peer, str):

@@ -130,18 +130,6 @@ class Proxy:
         # An HTTP/1.0 client may send no Host: each attempt then names its own backend.
         hostless = "Host" not in message.headers
         head = b""
-        if not hostless:
-            head = request_head(
-                method,
-                target,
-                raw_headers,
-                client_ip=client_ip,
-                proto=self.proto,
-                default_host=b"",
-                body_framing=framing,
-                upgrade=websocket,
-                drop_cookie=drop_cookie,
-            )
         key = self.request_key(request) if self.request_key is not None else None
         plan = await self._sticky_plan(request) if self.sticky is not None else None
         tried: list[Backend] = []
@@ -163,14 +151,14 @@ class Proxy:
                     )
                 tried.append(backend)
                 try:
-                    if hostless:
+                    if hostless or not head:  # else a retry sends the same head
                         head = request_head(
                             method,
                             target,
                             raw_headers,
                             client_ip=client_ip,
                             proto=self.proto,
-                            default_host=backend.upstream.address.encode(),
+                            default_host=backend.upstream.address.encode() if hostless else b"",
                             body_framing=framing,
                             upgrade=websocket,
                             drop_cookie=drop_cookie,
