@@ -42,7 +42,7 @@ def connection_tokens(raw_headers: RawHeaders) -> frozenset[bytes]:
 _NEVER_DROPPED = frozenset({b"host"})
 
 
-def _names_more_fields(connection: bytes) -> bool:
+def names_more_fields(connection: bytes) -> bool:
     """Whether a Connection value names a field other than the hop-by-hop ones. `close`
     counts as one: a field named Close (reserved, RFC 9110 18.4) must go too."""
     return any(
@@ -79,7 +79,7 @@ def request_head(
         for name, value in raw_headers:
             lname = name.lower()
             if lname in dropped or lname in _REPLACED_ON_REQUEST or lname == b"content-length":
-                if lname == b"connection" and dropped is HOP_BY_HOP and _names_more_fields(value):
+                if lname == b"connection" and dropped is HOP_BY_HOP and names_more_fields(value):
                     break
                 continue
             if lname == b"x-forwarded-for":

@@ -14,10 +14,8 @@ from typing import Any
 
 from aiohttp.helpers import rfc822_formatted_time
 
-from balancer.headers import HOP_BY_HOP, RawHeaders, connection_tokens
+from balancer.headers import HOP_BY_HOP, RawHeaders, connection_tokens, names_more_fields
 
-# Connection tokens that name no field to remove.
-_PLAIN_CONNECTION_TOKENS = frozenset({b"keep-alive", b"close", b"upgrade"})
 # The backend's framing is re-done; its load report is for the balancer, not the client.
 _DROP_FROM_RESPONSE = HOP_BY_HOP | {b"content-length", b"x-backend-load"}
 _STATUS_WITHOUT_BODY = frozenset({204, 304})
@@ -109,10 +107,8 @@ def _serialise(
     for name, value in raw_headers:
         lname = name.lower()
         if lname in dropped:
-            if lname == b"connection" and names_fields:
-                for token in value.lower().split(b","):
-                    if token.strip() not in _PLAIN_CONNECTION_TOKENS:
-                        return None
+            if lname == b"connection" and names_fields and names_more_fields(value):
+                return None
             elif lname == b"content-length" and length_for_head:
                 parts += (b"Content-Length: ", value, b"\r\n")
             continue

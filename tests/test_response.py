@@ -99,6 +99,12 @@ def test_fields_named_in_the_backends_connection_are_dropped(connection_first: b
     assert names(fields) == [b"date", b"x-app", b"content-length"]
 
 
+def test_a_backends_field_named_close_goes_with_its_connection_close() -> None:
+    # As on the request side: "close" also names a field (RFC 9110 7.6.1, 18.4).
+    _, fields = serve([DATE, (b"Close", b"x"), (b"Connection", b"close"), (b"X-App", b"1")])
+    assert names(fields) == [b"date", b"x-app", b"content-length"]
+
+
 def test_backend_content_length_is_replaced_by_the_framing_given() -> None:
     _, fields = serve([DATE, (b"Content-Length", b"999")], framing=b"Transfer-Encoding: chunked")
     assert values(fields, b"Content-Length") == []
