@@ -549,6 +549,12 @@ class TimeoutsConfig:
     # client may send no body bytes mid-request (408), or take no response bytes (cut).
     client_body: float = field(default=60.0, metadata=_rule(_POSITIVE))
     client_send: float = field(default=60.0, metadata=_rule(_POSITIVE))
+    # A pooled backend connection idle longer than this is closed rather than reused: many
+    # app servers close idle keep-alive connections after a few seconds (gunicorn: 2 s), and
+    # reusing one they are about to close turns a request into a 502.
+    upstream_idle: float = field(default=1.5, metadata=_rule(_POSITIVE))
+    # A WebSocket tunnel with no bytes either way this long is closed (SPEC §2).
+    tunnel_idle: float = field(default=3600.0, metadata=_rule(_POSITIVE))
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,6 +15,9 @@ class ProxyError(Exception):
     sent = True
     #: Whether the backend is to blame (counts as a failed attempt for its stats and breaker).
     backend_failure = True
+    #: Whether the client is to blame: it is answered (if anyone is left) and its connection
+    #: closed, never retried.
+    client_fault = False
 
     def __init__(self, detail: str = "") -> None:
         super().__init__(detail or self.__class__.__doc__ or self.__class__.__name__)
@@ -39,6 +42,16 @@ class BackendDropped(ProxyError):
     """The backend closed or reset the connection before a complete response head."""
 
 
+class StaleConnection(BackendDropped):
+    """A reused keep-alive connection was closed by the backend before any byte of an answer.
+
+    The backend timed the idle connection out as the request went out on it (RFC 9112 9.3.1):
+    not the backend's failure, so it counts against neither its stats nor its breaker. The
+    request may be sent again on a fresh connection when it is safe to (SPEC §4)."""
+
+    backend_failure = False
+
+
 class BackendTimeout(ProxyError):
     """The backend sent nothing for longer than timeouts.read."""
 
@@ -54,6 +67,7 @@ class ClientGone(ProxyError):
 
     status = 499
     backend_failure = False
+    client_fault = True
 
 
 class ClientTimeout(ProxyError):
@@ -61,6 +75,7 @@ class ClientTimeout(ProxyError):
 
     status = 408
     backend_failure = False
+    client_fault = True
 
 
 class BadRequest(ProxyError):
@@ -69,6 +84,7 @@ class BadRequest(ProxyError):
     status = 400
     sent = False
     backend_failure = False
+    client_fault = True
 
     def __init__(self, detail: str = "", status: int = 400) -> None:
         super().__init__(detail)

@@ -6,6 +6,7 @@ forwarded head is built once per request without decoding and re-encoding every 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
 
 from balancer.errors import BadRequest
@@ -109,6 +110,19 @@ def request_head(
         parts += (body_framing, b"\r\n")
     parts.append(b"\r\n")
     return b"".join(parts)
+
+
+# RFC 9112 3.2 / RFC 3986 3.2.2: Host = uri-host [ ":" port ]. A reg-name of unreserved
+# characters, percent-encodings and sub-delims but ',' (a list of hosts is no host), or an
+# IP-literal in brackets. No space, '/', '@', '?', '#' or anything outside ASCII.
+_HOST = re.compile(
+    r"(?:[A-Za-z0-9\-._~%!$&'()*+;=]+|\[[0-9A-Za-z:.%\-_~]+\])(?::[0-9]*)?", re.ASCII
+)
+
+
+def valid_host(host: str) -> bool:
+    """Whether a (non-empty) Host value is one host[:port] (SPEC §4: else 400)."""
+    return _HOST.fullmatch(host) is not None
 
 
 def origin_form(target: str, raw_headers: RawHeaders) -> str:

@@ -34,9 +34,16 @@ from balancer.errors import (
     ClientTimeout,
     NoBackendAvailable,
     ProxyError,
+    StaleConnection,
 )
 from balancer.front import client_address
-from balancer.headers import content_length, origin_form, request_body_framing, request_head
+from balancer.headers import (
+    content_length,
+    origin_form,
+    request_body_framing,
+    request_head,
+    valid_host,
+)
 from balancer.load import parse_load
 from balancer.pool import Pool
 from balancer.response import CHUNKED_END, Sent, chunk, has_body
@@ -89,6 +96,7 @@ class Proxy:
         retry_after: int,
         client_body_timeout: float = 60.0,
         client_send_timeout: float = 60.0,
+        tunnel_idle_timeout: float = 3600.0,
         proto: str = "http",
         hash_on: str = "ip",
         hash_name: str | None = None,
@@ -103,6 +111,7 @@ class Proxy:
         self.proto = proto
         self.client_body_timeout = client_body_timeout
         self.client_send_timeout = client_send_timeout
+        self.tunnel_idle_timeout = tunnel_idle_timeout
         self.sticky = sticky
         self.clock = clock
         self.request_key = key_getter(hash_on, hash_name) if needs_key(pool.strategy) else None
@@ -121,14 +130,18 @@ class Proxy:
             if target[:1] != "/":
                 target = origin_form(target, raw_headers)
             framing = request_body_framing(message.version, raw_headers, self.max_body)
-            websocket = _websocket_upgrade(message.headers)
+            headers = message.headers
+            websocket = _websocket_upgrade(headers)
+            host = headers.get("Host")
+            if host and not valid_host(host):
+                raise BadRequest(f"invalid Host {host[:100]!r}")
         except BadRequest as exc:
             return self._answer_error(exc, None, started, close=True)
         pool = self.pool
         client_ip = client_address(request)
         drop_cookie = self.sticky.own_cookie if self.sticky is not None else None
         # An HTTP/1.0 client may send no Host: each attempt then names its own backend.
-        hostless = "Host" not in message.headers
+        hostless = host is None
         head = b""
         key = self.request_key(request) if self.request_key is not None else None
         plan = await self._sticky_plan(request) if self.sticky is not None else None
@@ -171,7 +184,7 @@ class Proxy:
                     return Sent(exc.status, keep_alive=False)
                 except ProxyError as exc:
                     last_error = exc
-                    if not exc.backend_failure:  # the client's fault (body): answer and close
+                    if exc.client_fault:  # the client's (its body): answer and close
                         return self._answer_error(exc, backend, started, close=True)
                     if not self._may_retry(exc, method, framing, len(tried), backend):
                         return self._answer_error(exc, backend, started)
@@ -298,9 +311,20 @@ class Proxy:
             conn = upstream.take_idle() or await upstream.connect()
             upload: asyncio.Task[None] | None = None
             try:
-                conn.send_head(head, message.method)
+                conn.send_head(head, message.method, body=framing is not None)
                 if framing is None:
-                    response_head = await conn.read_head()
+                    try:
+                        response_head = await conn.read_head()
+                    except StaleConnection:
+                        if message.method not in IDEMPOTENT:
+                            raise  # it may have been acted on: not replayed (SPEC §4)
+                        # The pooled connection had gone stale: the same request, once more,
+                        # on a fresh connection to the same backend (as browsers and Go's
+                        # http.Transport do); a failure there is the backend's.
+                        conn.close()
+                        conn = await upstream.connect()
+                        conn.send_head(head, message.method)
+                        response_head = await conn.read_head()
                 else:
                     upload = asyncio.ensure_future(self._upload(request, conn, framing))
                     response_head = await _head_or_upload_failure(conn, upload)
@@ -308,9 +332,10 @@ class Proxy:
                 if conn.reported_load is not None:
                     backend.report_load(*parse_load(b"", conn.reported_load))
                 client_keep_alive = not message.should_close
-                if upload is not None and not upload.done():
-                    # The backend answered before it had the whole body: never reuse this
-                    # connection; the client's closes after the answer (its body is unread).
+                if upload is not None and not _completed(upload):
+                    # The backend answered before it had the whole body, or the body was cut
+                    # short: never reuse this connection; the client's closes after the
+                    # answer (its body is unread or broken).
                     conn.reusable = False
                     upload.cancel()
                     client_keep_alive = False
@@ -320,7 +345,14 @@ class Proxy:
                 if response_head.status == 101:
                     if websocket is None:
                         raise BadBackendResponse("backend switched protocols unasked")
-                    return await tunnel.relay(request, conn, response_head, attempt, self._finish)
+                    return await tunnel.relay(
+                        request,
+                        conn,
+                        response_head,
+                        attempt,
+                        self._finish,
+                        self.tunnel_idle_timeout,
+                    )
                 with_body = has_body(message.method, response_head.status)
                 if conn.complete or not with_body:
                     sent = self._respond_now(
@@ -505,14 +537,26 @@ async def _head_or_upload_failure(
     head = asyncio.ensure_future(conn.read_head())
     try:
         await asyncio.wait((head, upload), return_when=asyncio.FIRST_COMPLETED)
-        if not head.done() and upload.exception() is not None:
-            raise upload.exception()  # type: ignore[misc]
+        if upload.done() and not upload.cancelled():
+            failure = upload.exception()
+            # The client's own failure (a malformed, oversized or stalled body) is its answer
+            # even when the backend's head came too; a write the backend refused is not,
+            # when the backend answered (an early 413 and a close).
+            if failure is not None and (
+                not head.done() or (isinstance(failure, ProxyError) and failure.client_fault)
+            ):
+                raise failure
         return await head
     finally:
         if not head.done():
             head.cancel()
             with contextlib.suppress(BaseException):
                 await head
+
+
+def _completed(upload: asyncio.Task[None]) -> bool:
+    """Whether the whole body went up: only then may the connection serve another request."""
+    return upload.done() and not upload.cancelled() and upload.exception() is None
 
 
 def key_getter(on: str, name: str | None) -> Callable[[web.BaseRequest], bytes | None]:

@@ -53,6 +53,7 @@ def build_backend(config: Config, bc: BackendConfig, loop: asyncio.AbstractEvent
         connect_timeout=config.timeouts.connect,
         read_timeout=config.timeouts.read,
         loop=loop,
+        idle_timeout=config.timeouts.upstream_idle,
     )
     breaker_config = config.circuit_breaker
     backend = Backend(bc, upstream, failure_statuses=frozenset(breaker_config.failure_statuses))
@@ -119,6 +120,7 @@ async def serve(config: Config, *, announce: Callable[[str], None] = print) -> N
         retry_after=max(1, round(config.health_check.interval)),
         client_body_timeout=config.timeouts.client_body,
         client_send_timeout=config.timeouts.client_send,
+        tunnel_idle_timeout=config.timeouts.tunnel_idle,
         hash_on=config.hash.on,
         hash_name=config.hash.name,
         sticky=sticky,

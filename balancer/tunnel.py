@@ -3,7 +3,9 @@
 After the backend's 101 the balancer stops speaking HTTP on both connections and copies bytes
 each way until either side closes; it does not parse WebSocket frames. Each direction has flow
 control: while one side's socket buffer is full, the balancer stops reading the other side, so
-a peer that reads nothing cannot make the balancer buffer what the other one sends.
+a peer that reads nothing cannot make the balancer buffer what the other one sends. A tunnel
+with no bytes either way for timeouts.tunnel_idle is closed (SPEC §2), as HAProxy's
+`timeout tunnel`, so abandoned tunnels cannot pile up.
 """
 
 from __future__ import annotations
@@ -19,18 +21,48 @@ from balancer.response import Sent, response_head
 from balancer.upstream import HIGH_WATER, ResponseHead, UpstreamConnection
 
 
+class _Idle:
+    """Closes the tunnel (resolves `closed`) once no byte went either way for `timeout`."""
+
+    def __init__(self, timeout: float, closed: asyncio.Future[None]) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._timeout = timeout
+        self._closed = closed
+        self.last = self._loop.time()
+        self._timer = self._loop.call_later(timeout, self._check)
+
+    def _check(self) -> None:
+        idle = self._loop.time() - self.last
+        if idle < self._timeout:
+            self._timer = self._loop.call_later(self._timeout - idle, self._check)
+        elif not self._closed.done():
+            self._closed.set_result(None)
+
+    def touch(self) -> None:
+        self.last = self._loop.time()
+
+    def cancel(self) -> None:
+        self._timer.cancel()
+
+
 class _ClientToBackend:
     """Takes aiohttp's place as the client connection's payload parser: bytes go to the backend."""
 
     def __init__(
-        self, conn: UpstreamConnection, client: asyncio.Transport, closed: asyncio.Future[None]
+        self,
+        conn: UpstreamConnection,
+        client: asyncio.Transport,
+        closed: asyncio.Future[None],
+        idle: _Idle,
     ) -> None:
         self._conn = conn
         self._client = client
         self._closed = closed
+        self._idle = idle
         conn.on_drained = self._backend_drained
 
     def feed_data(self, data: bytes) -> tuple[bool, bytes]:
+        self._idle.touch()
         transport = self._conn.transport
         if transport is not None:
             transport.write(data)
@@ -53,6 +85,7 @@ async def relay(
     head: ResponseHead,
     attempt: Attempt,
     finish: Callable[[Backend | None, int, float], None],
+    idle_timeout: float,
 ) -> Sent:
     client = request.transport
     if client is None or client.is_closing():
@@ -69,6 +102,7 @@ async def relay(
         )
     )
     closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    idle = _Idle(idle_timeout, closed)
 
     paused: list[asyncio.Task[None]] = []
 
@@ -83,6 +117,7 @@ async def relay(
             conn.transport.resume_reading()
 
     def from_backend(data: bytes) -> None:
+        idle.touch()
         if data and not client.is_closing():
             client.write(data)
             if client.get_write_buffer_size() > HIGH_WATER and not paused and conn.transport:
@@ -92,11 +127,12 @@ async def relay(
             closed.set_result(None)
 
     conn.start_tunnel(from_backend)
-    request.protocol.set_parser(_ClientToBackend(conn, client, closed))  # type: ignore[arg-type]
+    request.protocol.set_parser(_ClientToBackend(conn, client, closed, idle))  # type: ignore[arg-type]
     finish(attempt.backend, 101, attempt.started)
     try:
         await closed
     finally:
+        idle.cancel()
         for task in paused:
             task.cancel()
         conn.close()

@@ -23,14 +23,11 @@ from balancer.errors import (
     BadBackendResponse,
     ConnectFailed,
     ProxyError,
+    StaleConnection,
 )
 
 # Response bytes buffered from a backend before we stop reading it (the client is slower).
 HIGH_WATER = 256 * 1024
-# A pooled connection idle longer than this is closed rather than reused: many app servers
-# close idle keep-alive connections after a few seconds (gunicorn: 2 s), and reusing one they
-# are about to close turns a request into a 502.
-IDLE_REUSE_SECONDS = 1.5
 MAX_IDLE_CONNECTIONS = 256
 
 
@@ -59,6 +56,8 @@ class UpstreamConnection(asyncio.Protocol):
         self._waiting = False  # a request is out and its response not complete
         self.idle_since = 0.0
         self.reusable = True
+        self.reused = False  # taken from the idle pool for this exchange
+        self._answered = False  # a response byte arrived in this exchange
         self._busy = False
         # per response
         self._raw_headers: list[tuple[bytes, bytes]] = []
@@ -94,7 +93,14 @@ class UpstreamConnection(asyncio.Protocol):
         if self._head is not None and self._until_eof and not self.complete and exc is None:
             self.complete = True  # a close-delimited body ends here (RFC 9112 6.3 item 8)
         elif not self.complete and self._busy:
-            self._fail(BackendDropped("backend closed the connection" if exc is None else str(exc)))
+            if self.reused and not self._answered:
+                # A pooled connection the backend closed before any byte of an answer: it
+                # timed the connection out as we sent on it (the keep-alive race of RFC 9112
+                # 9.3.1), which says nothing of the backend's health.
+                self._fail(StaleConnection("backend closed an idle connection as it was reused"))
+            else:
+                reason = "backend closed the connection" if exc is None else str(exc)
+                self._fail(BackendDropped(reason))
         self._wake()
         if self._drain_waiter is not None and not self._drain_waiter.done():
             self._drain_waiter.set_result(None)
@@ -108,6 +114,7 @@ class UpstreamConnection(asyncio.Protocol):
             # Bytes outside any response: the framing can no longer be trusted.
             self.close()
             return
+        self._answered = True
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as upgrade:
@@ -141,6 +148,10 @@ class UpstreamConnection(asyncio.Protocol):
         self._reason += reason
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        if self._head is not None:
+            # A trailer field of a chunked response: dropped, never merged into the header
+            # section that may not have gone out yet (RFC 9110 6.5.1; nginx does the same).
+            return
         self._raw_headers.append((name, value))
         if len(name) in (14, 17):
             lname = name.lower()
@@ -194,18 +205,23 @@ class UpstreamConnection(asyncio.Protocol):
         self._wake()
 
     # -- used by the proxy -----------------------------------------------------------
-    def send_head(self, head: bytes, method: str) -> None:
-        """Start a request: reset the per-response state and write the head. The backend's
-        silence counts from now (and again from `request_sent`, after a body)."""
+    def send_head(self, head: bytes, method: str, *, body: bool = False) -> None:
+        """Start a request: reset the per-response state and write the head.
+
+        timeouts.read runs from the end of the request (SPEC §4): from now without a `body`,
+        else from `request_sent`. While a body goes up, a client that stalls is the client's
+        timeout (client_body), and a backend that stops reading is `write`'s."""
         assert self.transport is not None
         self._busy = True
+        self._answered = False
         self._head = None
         self._body.clear()
         self._buffered = 0
         self.complete = False
         self._skip_body = method == "HEAD"
         self.transport.write(head)
-        self._progress()
+        if not body:
+            self._progress()
 
     def _progress(self) -> None:
         """The exchange moved (bytes written, drained or read): timeouts.read counts anew.
@@ -217,21 +233,25 @@ class UpstreamConnection(asyncio.Protocol):
             self._timer = self._loop.call_later(self._pool.read_timeout, self._on_timer)
 
     async def write(self, data: bytes) -> None:
-        """Write request body bytes, waiting while the backend's socket buffer is full."""
+        """Write request body bytes, waiting while the backend's socket buffer is full; a
+        backend that takes none of them for timeouts.read is a BackendTimeout."""
         transport = self.transport
         if transport is None or self._error is not None:
             raise self._error or BackendDropped("backend closed the connection")
         transport.write(data)
-        self._last_read = self._loop.time()
         if self._writing_paused:
+            timeout = self._pool.read_timeout
             self._drain_waiter = self._loop.create_future()
             try:
-                await self._drain_waiter
+                async with asyncio.timeout(timeout):
+                    await self._drain_waiter
+            except TimeoutError:
+                self._fail(BackendTimeout(f"backend read none of the body for {timeout:g}s"))
+                self.close()
             finally:
                 self._drain_waiter = None
             if self._error is not None:
                 raise self._error
-            self._last_read = self._loop.time()
 
     def request_sent(self) -> None:
         """The whole body is out: the backend's silence counts from now."""
@@ -372,6 +392,7 @@ class UpstreamPool:
         connect_timeout: float,
         read_timeout: float,
         loop: asyncio.AbstractEventLoop,
+        idle_timeout: float = 1.5,
     ) -> None:
         self.host = host
         self.port = port
@@ -379,6 +400,7 @@ class UpstreamPool:
         self.loop = loop
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
+        self.idle_timeout = idle_timeout  # timeouts.upstream_idle
         self.use_tls = use_tls
         self._ssl: ssl.SSLContext | None = ssl.create_default_context() if use_tls else None
         self._idle: list[UpstreamConnection] = []
@@ -404,7 +426,8 @@ class UpstreamPool:
             now = self.loop.time()
             while idle:
                 conn = idle.pop()
-                if conn.transport is not None and now - conn.idle_since < IDLE_REUSE_SECONDS:
+                if conn.transport is not None and now - conn.idle_since < self.idle_timeout:
+                    conn.reused = True
                     return conn
                 conn.close()
         return None

@@ -729,7 +729,7 @@ def test_wrong_types(section: str, message: str) -> None:
         ("shutdown_timeout: -5\n", "shutdown_timeout: invalid duration -5: must not be negative"),
         ("strategy: Round_Robin\n", "did you mean 'round_robin'?"),
         ("strategy: fastest\n", "strategy: unknown strategy 'fastest' (valid: round_robin, weighted, least_connections, response_time, adaptive, p2c, consistent_hash)"),
-        ("timeouts: 30s\n", "timeouts: expected a mapping of connect, read, client_header, client_idle, client_body, client_send; got '30s'"),
+        ("timeouts: 30s\n", "timeouts: expected a mapping of connect, read, client_header, client_idle, client_body, client_send, upstream_idle, tunnel_idle; got '30s'"),
         ("shutdown_timeout: !custom 3\n", "shutdown_timeout: cannot read this value"),
     ],
 )  # fmt: skip

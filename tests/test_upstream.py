@@ -10,7 +10,13 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from balancer.errors import BackendDropped, BackendTimeout, BadBackendResponse, ConnectFailed
+from balancer.errors import (
+    BackendDropped,
+    BackendTimeout,
+    BadBackendResponse,
+    ConnectFailed,
+    StaleConnection,
+)
 from balancer.upstream import HIGH_WATER, ResponseHead, UpstreamConnection, UpstreamPool
 
 from support import eventually, free_port, start_backend, start_raw_backend
@@ -401,3 +407,70 @@ async def test_a_large_body_pauses_reading_and_streams_completely(
         assert pool.take_idle() is conn
     finally:
         await backend.stop()
+
+
+# -- issue 13: trailers, stale reuse, the read timeout from the end of the request -------------
+
+
+async def test_response_trailers_are_dropped_even_in_one_read(make_pool: MakePool) -> None:
+    raw = await start_raw_backend(
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"2\r\nok\r\n0\r\nSet-Cookie: injected=1\r\nX-Backend-Load: cpu=0.9\r\n\r\n",
+        close=False,
+    )
+    try:
+        pool = make_pool(raw.url)
+        conn, response, body = await exchange(pool, request())
+        assert body == b"ok"
+        assert [name for name, _ in response.raw_headers] == [b"Transfer-Encoding"]
+        assert conn.reported_load is None  # a trailer is not read as the head's field either
+    finally:
+        await raw.stop()
+
+
+async def test_a_reused_connection_closed_before_any_byte_is_stale_not_dropped(
+    make_pool: MakePool,
+) -> None:
+    raw = await start_raw_backend(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", close=True)
+    try:
+        pool = make_pool(raw.url)
+        conn, _, _ = await exchange(pool, request())
+        conn.finish()
+        reused = pool.take_idle()
+        assert reused is conn and reused.reused
+        # The raw backend closes after one answer: the reuse meets a closed connection.
+        with pytest.raises(StaleConnection) as stale:
+            await send(reused, request())
+        assert stale.value.backend_failure is False
+        fresh = await pool.connect()
+        assert not fresh.reused
+    finally:
+        await raw.stop()
+
+
+async def test_the_read_timeout_waits_for_the_end_of_the_request(make_pool: MakePool) -> None:
+    """While the body is still coming (from a slow client), the backend's silence is not a
+    read timeout: it counts from request_sent (SPEC §4)."""
+
+    async def answer_after_body(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        await reader.readexactly(2)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(answer_after_body, "127.0.0.1", 0)
+    try:
+        pool = make_pool(f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}", read_timeout=0.2)
+        conn = await pool.connect()
+        conn.send_head(request("/", "POST", b"Content-Length: 2\r\n"), "POST", body=True)
+        head = asyncio.ensure_future(conn.read_head())
+        await asyncio.sleep(0.5)  # a client slower than the read timeout (the scenario)
+        assert not head.done()
+        await conn.write(b"ab")
+        conn.request_sent()
+        async with asyncio.timeout(5):
+            assert (await head).status == 200
+    finally:
+        server.close()
+        await server.wait_closed()
