@@ -19,6 +19,7 @@ from aiohttp.http_parser import RawRequestMessage
 from aiohttp.streams import EMPTY_PAYLOAD
 from aiohttp.web_protocol import RequestHandler, _ErrInfo
 
+from balancer import front_mend
 from balancer.config import LimitsConfig, TimeoutsConfig
 from balancer.front_loop import LeanRequestHandler
 
@@ -59,6 +60,8 @@ class FrontHandler(LeanRequestHandler):
     """One client connection."""
 
     __slots__ = (
+        "_chunked_open",
+        "_chunked_tail",
         "_head_bytes",
         "_head_start",
         "_head_timer",
@@ -81,6 +84,9 @@ class FrontHandler(LeanRequestHandler):
         # The body of the newest parsed request; None when it has none (or none was parsed).
         self._last_payload: Any = None
         self._line_ended = True  # whether the refused head's request line was complete
+        # The body of a chunked request still arriving (its end needs front_mend's care).
+        self._chunked_open: Any = None
+        self._chunked_tail = b""  # its last bytes so far (the end may come split)
         self.client_ip = ""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -98,12 +104,11 @@ class FrontHandler(LeanRequestHandler):
 
     def data_received(self, data: bytes) -> None:
         payload = self._last_payload
-        if (
-            self._upgraded
-            or self._payload_parser is not None
-            or (payload is not None and not payload.is_eof())
-        ):
-            super().data_received(data)  # a body or a tunnel, not a head
+        if self._upgraded or self._payload_parser is not None:
+            super().data_received(data)  # a tunnel, not a head
+            return
+        if payload is not None and not payload.is_eof():
+            self._body_received(data)
             return
         if not self._head_bytes:
             self._head_start = data
@@ -118,28 +123,139 @@ class FrontHandler(LeanRequestHandler):
         elif self._head_timer is None:
             self._start_head_timer()  # the first byte of a head on a kept-alive connection
 
+    def _body_received(self, data: bytes) -> None:
+        """Body bytes (and maybe heads pipelined behind the body's end)."""
+        parsed_before = self._request_count
+        super().data_received(data)
+        chunked = self._chunked_open
+        if chunked is not None:
+            if chunked.is_eof():
+                self._chunked_open = None
+                ended = (self._chunked_tail + data)[-4:]
+                self._chunked_ended(chunked, ended, self._request_count == parsed_before)
+            else:
+                self._chunked_tail = (self._chunked_tail + data[-4:])[-4:]
+        if self._request_count != parsed_before:
+            self._head_start = b""
+            self._head_complete(data, self._request_count - parsed_before)
+
     def _head_complete(self, data: bytes, parsed: int) -> None:
         """Heads were parsed (or refused by the parser): check what the parser does not."""
         self._stop_head_timer()
         messages = self._messages
-        limit = self._limits.max_head
-        if messages:
-            message, payload = messages[-1]
-            if isinstance(message, _ErrInfo):
-                line_limit = self._limits.max_request_line + 2
-                self._line_ended = b"\n" in self._head_start[:line_limit]
-            elif self._head_bytes + len(data) > limit:
-                # Only then can a head be over max_head: measure each one parsed from this
-                # read from its fields, and refuse the ones over (never forwarded).
-                for index in range(max(0, len(messages) - parsed), len(messages)):
-                    message, _ = messages[index]
-                    if not isinstance(message, _ErrInfo) and head_size(message) > limit:
-                        refusal = HeadTooLarge(f"request head over limits.max_head ({limit})")
-                        messages[index] = (_ErrInfo(431, refusal, str(refusal)), EMPTY_PAYLOAD)
-                payload = messages[-1][1]
-            self._last_payload = payload if payload is not EMPTY_PAYLOAD else None
+        fresh = self._head_start is data  # this read began at a message boundary
+        over = self._head_bytes + len(data) > self._limits.max_head
+        head_start = self._head_start
         self._head_bytes = 0
         self._head_start = b""
+        self._last_payload = None
+        if not messages:
+            return
+        message = messages[-1][0]
+        if isinstance(message, _ErrInfo):
+            line_limit = self._limits.max_request_line + 2
+            self._line_ended = b"\n" in head_start[:line_limit]
+            if fresh and message.message.startswith("Data after `Connection: close`"):
+                self._answer_before_close(data)
+            return
+        if over:
+            self._refuse_large_heads(parsed)
+        if parsed > 1 or message.chunked or message.upgrade:
+            self._inspect(data, parsed, fresh)
+            return
+        payload = messages[-1][1]
+        self._last_payload = payload if payload is not EMPTY_PAYLOAD else None
+
+    def _refuse_large_heads(self, parsed: int) -> None:
+        """Only when a read's bytes are over max_head can a head be: measure each one parsed
+        from this read from its fields, and refuse the ones over (never forwarded)."""
+        messages = self._messages
+        limit = self._limits.max_head
+        for index in range(max(0, len(messages) - parsed), len(messages)):
+            message, _ = messages[index]
+            if not isinstance(message, _ErrInfo) and head_size(message) > limit:
+                refusal = HeadTooLarge(f"request head over limits.max_head ({limit})")
+                messages[index] = (_ErrInfo(431, refusal, str(refusal)), EMPTY_PAYLOAD)
+
+    def _inspect(self, data: bytes, parsed: int, fresh: bool) -> None:
+        """Several heads, a chunked body or an Upgrade in one read: the rarer cases."""
+        messages = self._messages
+        last = len(messages) - 1
+        for index in range(max(0, len(messages) - parsed), len(messages)):
+            message, payload = messages[index]
+            if isinstance(message, _ErrInfo):
+                continue
+            if message.chunked:
+                if not payload.is_eof():
+                    self._chunked_open = payload  # its end comes in a later read
+                    self._chunked_tail = data[-4:]
+                else:
+                    self._chunked_ended(payload, data, index == last)
+                    if index != last:
+                        return  # what followed it was dropped
+            if index == last:
+                self._last_payload = payload if payload is not EMPTY_PAYLOAD else None
+                if message.upgrade and not self._upgraded and fresh:
+                    self._after_declined_upgrade(data, parsed)
+
+    def _chunked_ended(self, payload: Any, data: bytes, nothing_after: bool) -> None:
+        """A chunked request's body ended in the read that `data` ends. Its trailer fields,
+        if any, are held by the parser for the next message (front_mend, 1): absorb them,
+        or, when more bytes followed in the same read (parsed with the trailer already),
+        answer this request and close (RFC 9112 9.3.2: the client retries what was not
+        answered). A chunked body always ends with CRLF CRLF; if the read does not, bytes
+        of something else came after it."""
+        ended_here = nothing_after and data.endswith(b"\r\n\r\n")
+        if ended_here and front_mend.absorb_trailer(self._parser):
+            return
+        log.info("closing a connection from %s after a chunked request", self.client_ip)
+        self._close_after(payload)
+
+    def _close_after(self, payload: Any) -> None:
+        """Answer the request whose body is `payload` with Connection: close; drop the
+        messages queued behind it."""
+        messages = self._messages
+        for index, (message, body) in enumerate(messages):
+            if body is payload and not isinstance(message, _ErrInfo):
+                messages[index] = (message._replace(should_close=True), body)
+                while len(messages) > index + 1:
+                    messages.pop()
+                return
+        self.close()  # it is the request in progress: the connection closes after it
+
+    def _answer_before_close(self, data: bytes) -> None:
+        """The read held a request with Connection: close and bytes after it: answer the
+        requests up to it, ignore the rest (RFC 9112 9.6), instead of one 400."""
+        parser = self._walk_parser()
+        found = front_mend.messages_until_close(parser, data)
+        if not found:
+            return  # aiohttp's 400 stands
+        self._messages.pop()  # that 400
+        self._request_count -= 1
+        self._parser = parser  # a body of the last one may still come
+        for message, payload in found:
+            self._messages.append((message, payload))
+            self._request_count += 1
+        payload = found[-1][1]
+        self._last_payload = payload if payload is not EMPTY_PAYLOAD else None
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def _after_declined_upgrade(self, data: bytes, parsed: int) -> None:
+        """llhttp dropped what followed an Upgrade aiohttp does not take (h2c): feed it."""
+        end = front_mend.end_of_messages(self._walk_parser(), data, parsed)
+        if end is not None and end < len(data):
+            self.data_received(data[end:])
+
+    def _walk_parser(self) -> Any:
+        return front_mend.new_parser(
+            self,
+            self._read_bufsize,
+            max_line_size=self.max_line_size,
+            max_headers=self.max_headers,
+            max_field_size=self.max_field_size,
+        )
 
     def _awaiting_head(self) -> bool:
         """Whether the next bytes from the client belong to a request head (not a body)."""
