@@ -13,7 +13,7 @@ from collections import deque
 from collections.abc import Callable, Collection
 
 from balancer.backend import Backend, RequestStats
-from balancer.strategies import Strategy
+from balancer.strategies import Strategy, rebuild_hook
 
 
 class Pool:
@@ -57,7 +57,19 @@ class Pool:
         routable = [b for b in self.backends if b.routable]
         primaries = tuple(b for b in routable if not b.config.backup)
         self.candidates = primaries or tuple(routable)
+        self._tell_strategy()
         self._wake_waiter()
+
+    def set_strategy(self, strategy: Strategy) -> None:
+        """Swap the strategy; one that keeps state of the members gets it now, not per pick."""
+        self.strategy = strategy
+        self._tell_strategy()
+
+    def _tell_strategy(self) -> None:
+        # Off the request path (SPEC §2): consistent_hash builds its ring here, and only when
+        # the members or their weights changed; other strategies have no hook and pay nothing.
+        if (hook := rebuild_hook(self.strategy)) is not None:
+            hook(self.backends)
 
     def by_name(self, name: str) -> Backend | None:
         return self._by_name.get(name)
