@@ -187,6 +187,31 @@ def _path(value: Any) -> str:
     return str(value)
 
 
+# RFC 9112 3.2.1 origin-form is absolute-path ["?" query] of RFC 3986 pchar, "/" and "?":
+# visible ASCII only, anything else percent-encoded (SPEC §2 health_check.path).
+_TARGET_PART = re.compile(r"[A-Za-z0-9._~!$&'()*+,;=:@/?-]+|%[0-9A-Fa-f]{2}")
+
+
+def _origin_form(value: Any) -> str:
+    """A request target the health check can put on its request line as it is."""
+    text = _path(value)
+    at = 0
+    while at < len(text):
+        if part := _TARGET_PART.match(text, at):
+            at = part.end()
+            continue
+        char = text[at]
+        if char == "%":
+            why = "'%' must start a percent-encoding such as %20 (a '%' itself is %25)"
+        elif "!" <= char <= "~":
+            why = f"{char!r} is not allowed in an origin-form target (RFC 9112 3.2.1)"
+            why += ": percent-encode it"
+        else:
+            why = f"{char!r} is not visible ASCII (RFC 9112 3.2.1): percent-encode it"
+        raise ValueError(f"{why}, got {text!r}")
+    return text
+
+
 def _media_type(value: Any) -> str:
     if "/" not in _text(value):
         raise ValueError(f"expected a media type such as text/html or text/*, got {value!r}")
@@ -500,7 +525,7 @@ class BackendConfig:
 
 @dataclass(frozen=True, slots=True)
 class HealthCheckConfig:
-    path: str = field(default="/health", metadata=_text_rule(_path))
+    path: str = field(default="/health", metadata=_text_rule(_origin_form))
     interval: float = field(default=5.0, metadata=_rule(_POSITIVE))
     timeout: float = field(default=2.0, metadata=_rule(_POSITIVE))
     rise: int = field(default=2, metadata=_rule(_integer(1)))

@@ -5,6 +5,8 @@ to the same one; a probe that is still running delays the next (timeout may exce
 The first probe runs at once; later ones are spread by +-10% jitter so that many balancers do
 not probe in step. A probe is `GET health_check.path` with the backend's `host:port` as Host;
 2xx and 3xx pass. Its body or an X-Backend-Load header reports the backend's load (load.py).
+A probe that raises anything, the balancer's own exceptions included, is a failed probe: the
+loop never dies (SPEC §2).
 """
 
 from __future__ import annotations
@@ -82,6 +84,12 @@ async def probe(pool: UpstreamPool, path: str, deadline: float) -> ProbeResult:
     return ProbeResult(passed, f"status {response.status}", cpu, memory)
 
 
+def _ended(task: asyncio.Task[None]) -> None:
+    """A probe loop only ends by stop(); should one ever end otherwise, say so loudly."""
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        log.error("health checks stopped: %s", exc, exc_info=exc)
+
+
 class HealthChecker:
     def __init__(
         self,
@@ -96,9 +104,12 @@ class HealthChecker:
         self._loop = loop
         self._rng = rng or random.Random()
         self._tasks: list[asyncio.Task[None]] = []
+        self.failed_probes: dict[str, int] = {}  # per backend name, since start
 
     def start(self) -> None:
         self._tasks = [self._loop.create_task(self._run(b)) for b in self._backends]
+        for task in self._tasks:
+            task.add_done_callback(_ended)
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -118,8 +129,21 @@ class HealthChecker:
             loop=self._loop,
         )
         counter = RiseFall(config.rise, config.fall, healthy=backend.health == "healthy")
+        last_error = ""
         while True:
-            result = await probe(pool, config.path, config.timeout)
+            try:
+                result = await probe(pool, config.path, config.timeout)
+            except Exception as exc:  # SPEC §2: a probe that fails in any way
+                # Our own bug or a backend answer we choke on is a failed probe, and probing
+                # goes on; logged when it first happens and again only when it changes.
+                result = ProbeResult(False, f"failed: {type(exc).__name__}: {exc}"[:300])
+                if result.detail != last_error:
+                    log.warning("backend %s: health check %s", backend.name, result.detail)
+                    last_error = result.detail
+            else:
+                last_error = ""
+            if not result.passed:
+                self.failed_probes[backend.name] = self.failed_probes.get(backend.name, 0) + 1
             backend.report_load(result.cpu, result.memory)
             backend.last_check = result.detail
             verdict = counter.observe(result.passed)

@@ -1,7 +1,8 @@
 """The set of backends and the snapshot of those a strategy may pick.
 
 The candidates tuple is rebuilt when a backend's state changes, never per request
-(ARCHITECTURE habit 3: pick from an immutable snapshot).
+(ARCHITECTURE habit 3: pick from an immutable snapshot). Requests that find every candidate
+at its max_connections queue first come, first served; a wake-up is never lost.
 """
 
 from __future__ import annotations
@@ -13,7 +14,16 @@ from collections import deque
 from collections.abc import Callable, Collection
 
 from balancer.backend import Backend, RequestStats
-from balancer.strategies import Strategy
+from balancer.strategies import Strategy, rebuild_hook
+
+
+class _Place:
+    """A queued request's place in line: it keeps it across wake-ups that find no slot."""
+
+    __slots__ = ("woken",)
+
+    def __init__(self, woken: asyncio.Future[None]) -> None:
+        self.woken = woken
 
 
 class Pool:
@@ -42,7 +52,7 @@ class Pool:
         self.capped = any(b.config.max_connections for b in backends)
         self.queue_size = queue_size
         self.queue_timeout = queue_timeout
-        self._waiters: deque[asyncio.Future[None]] = deque()
+        self._waiters: deque[_Place] = deque()  # FIFO; a woken one stays until it leaves
         for backend in backends:
             backend.on_change(self.rebuild)
             if backend.config.max_connections:
@@ -57,7 +67,19 @@ class Pool:
         routable = [b for b in self.backends if b.routable]
         primaries = tuple(b for b in routable if not b.config.backup)
         self.candidates = primaries or tuple(routable)
+        self._tell_strategy()
         self._wake_waiter()
+
+    def set_strategy(self, strategy: Strategy) -> None:
+        """Swap the strategy; one that keeps state of the members gets it now, not per pick."""
+        self.strategy = strategy
+        self._tell_strategy()
+
+    def _tell_strategy(self) -> None:
+        # Off the request path (SPEC §2): consistent_hash builds its ring here, and only when
+        # the members or their weights changed; other strategies have no hook and pay nothing.
+        if (hook := rebuild_hook(self.strategy)) is not None:
+            hook(self.backends)
 
     def by_name(self, name: str) -> Backend | None:
         return self._by_name.get(name)
@@ -94,30 +116,32 @@ class Pool:
         if len(self._waiters) >= self.queue_size:
             return None
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.queue_timeout
-        while (remaining := deadline - loop.time()) > 0:
-            waiter = loop.create_future()
-            self._waiters.append(waiter)
-            try:
-                async with asyncio.timeout(remaining):
-                    await waiter
-            except TimeoutError:
-                return None
-            finally:
-                if waiter in self._waiters:
-                    self._waiters.remove(waiter)
-            backend = self.pick(exclude, key)
-            if backend is not None:
-                return backend
-            if not self.all_full(exclude):
-                return None  # nothing routable any more: 503 at once
-        return None
+        place = _Place(loop.create_future())
+        self._waiters.append(place)
+        backend = None
+        try:
+            async with asyncio.timeout(self.queue_timeout):
+                while True:
+                    await place.woken
+                    backend = self.pick(exclude, key)
+                    if backend is not None or not self.all_full(exclude):
+                        break  # a slot, or nothing routable any more: 503 at once
+                    place.woken = loop.create_future()  # woken for nothing: wait in place
+        except TimeoutError:
+            pass
+        finally:
+            self._waiters.remove(place)
+            if backend is None and place.woken.done() and not place.woken.cancelled():
+                # Woken (a slot freed, a rebuild) but leaving without a backend: cancelled,
+                # timed out or 503. The wake-up goes to the next in line, never lost.
+                self._wake_waiter()
+        return backend
 
     def _wake_waiter(self) -> None:
-        while self._waiters:
-            waiter = self._waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(None)
+        """Wake the first in line not woken yet (the woken ones keep their places)."""
+        for place in self._waiters:
+            if not place.woken.done():
+                place.woken.set_result(None)
                 return
 
     @property

@@ -872,3 +872,33 @@ def test_text_fields_take_the_text_as_written(section: str, pick: Any, expected:
 def test_recursive_alias_is_a_problem_not_a_hang() -> None:
     text = with_section("cache:\n  paths: &a [/x, *a]\n")
     assert only_problem(text) == "balancer.yaml:4: cache.paths: expected text, got a list"
+
+
+# --- health_check.path: an origin-form target of visible ASCII (SPEC §2, RFC 9112 3.2.1) ------
+
+
+@pytest.mark.parametrize(
+    ("path", "message"),
+    [
+        ("/santé", "'é' is not visible ASCII (RFC 9112 3.2.1): percent-encode it, got '/santé'"),
+        ("/€", "'€' is not visible ASCII"),
+        ('"/a b"', "' ' is not visible ASCII"),
+        ('"/ok HTTP/1.1\\r\\nX-Injected: 1"', "' ' is not visible ASCII"),  # no request splitting
+        ('"/ok\\r\\nX-Injected: 1"', "'\\r' is not visible ASCII"),
+        ('"/ok#top"', "'#' is not allowed in an origin-form target"),
+        ("/{id}", "'{' is not allowed in an origin-form target"),
+        ("/100%", "'%' must start a percent-encoding such as %20"),
+        ("/%zz", "'%' must start a percent-encoding"),
+    ],
+)
+def test_health_check_path_must_be_visible_ascii_origin_form(path: str, message: str) -> None:
+    problem = only_problem(with_section(f"health_check:\n  path: {path}\n"))
+    assert problem.startswith("balancer.yaml:4: health_check.path: "), problem
+    assert message in problem
+
+
+@pytest.mark.parametrize(
+    "path", ["/health", "/sant%C3%A9", "/status?full=1&x=a/b?c", "/a;v=1/b:c@d~e_f.g-h!$'()*+,="]
+)
+def test_health_check_path_origin_forms_accepted(path: str) -> None:
+    assert parse(with_section(f'health_check:\n  path: "{path}"\n')).health_check.path == path

@@ -1,10 +1,19 @@
-"""Health-check units: rise/fall counting and reported load."""
+"""Health-check units: rise/fall counting, reported load, a probe loop that never dies."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import random
+
 import pytest
 
-from balancer.health import RiseFall, parse_load
+from balancer.backend import Backend
+from balancer.config import BackendConfig, HealthCheckConfig
+from balancer.health import HealthChecker, RiseFall, parse_load
+from balancer.upstream import UpstreamPool
+
+from support import eventually, start_backend
 
 
 @pytest.mark.parametrize(
@@ -51,3 +60,33 @@ def test_parse_load(
     body: bytes, header: bytes | None, load: tuple[float | None, float | None]
 ) -> None:
     assert parse_load(body, header) == load
+
+
+async def test_a_probe_that_raises_is_a_failed_probe_and_probing_goes_on(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """SPEC §2: a path that bypassed config (not latin-1: the probe's own encode raises) makes
+    every probe fail; the loop keeps probing, counts the failures, and logs the error once."""
+    loop = asyncio.get_running_loop()
+    server = await start_backend("b0")
+    upstream = UpstreamPool(
+        "127.0.0.1", server.port, use_tls=False, connect_timeout=1, read_timeout=1, loop=loop
+    )
+    backend = Backend(BackendConfig(server.url, "b0", 1), upstream)
+    checks = HealthCheckConfig(path="/h\u20ac", interval=0.01, timeout=1.0, rise=1, fall=2)
+    checker = HealthChecker((backend,), checks, loop=loop, rng=random.Random(1))
+    caplog.set_level(logging.WARNING, logger="balancer.health")
+    checker.start()
+    try:
+        await eventually(lambda: backend.health == "unhealthy")  # fall: 2 failures counted
+        await eventually(lambda: checker.failed_probes["b0"] >= 10)  # and probing went on
+        assert not any(task.done() for task in checker._tasks)
+    finally:
+        await checker.stop()
+        await server.stop()
+        upstream.close()
+    assert "failed: UnicodeEncodeError" in backend.last_check
+    errors = [r for r in caplog.records if r.getMessage().startswith("backend b0: health check")]
+    assert len(errors) == 1, [r.message for r in caplog.records]  # once, not once a probe
+    assert errors[0].levelno == logging.WARNING
+    assert server.probes == 0  # nothing malformed ever reached the backend

@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
+from aiohttp import web
 
 from conftest import StartBalancer
 from support import Backend, Balancer, eventually, start_backend
@@ -180,3 +186,69 @@ async def test_disabling_every_backend_makes_it_not_ready(
         assert response.status == 503
     async with session.get(balancer.url + "/") as response:
         assert response.status == 503
+
+
+# -- a probe that fails in any way is a failed probe (SPEC §2) ---------------------------------
+
+
+@pytest.fixture
+async def choking_backend() -> AsyncIterator[tuple[str, dict[str, Any]]]:
+    """A real backend whose /health answers 200 with a body nested deeper than Python's JSON
+    decoder recurses (the load parser raises RecursionError), until `state["nested"]` is False."""
+    state: dict[str, Any] = {"nested": True, "probes": 0}
+
+    async def health(request: web.Request) -> web.Response:
+        state["probes"] += 1
+        body = b'{"cpu": ' + b"[" * 50_000 if state["nested"] else b'{"cpu": 0.1}'
+        return web.Response(body=body, content_type="application/json")
+
+    async def root(request: web.Request) -> web.Response:
+        return web.Response(text="ok\n")
+
+    app = web.Application()
+    app.router.add_get("/health", health)
+    app.router.add_get("/", root)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    yield f"http://127.0.0.1:{runner.addresses[0][1]}", state
+    await runner.cleanup()
+
+
+async def test_a_probe_our_code_chokes_on_fails_and_probing_goes_on(
+    choking_backend: tuple[str, dict[str, Any]],
+    balancer_factory: StartBalancer,
+    session: aiohttp.ClientSession,
+) -> None:
+    url, state = choking_backend
+    balancer = await balancer_factory([url], FAST_CHECKS)
+
+    async def state_is(wanted: str) -> bool:
+        return (await backend_status(session, balancer, "b0"))["state"] == wanted
+
+    await eventually(lambda: state_is("unhealthy"), timeout=5)  # a 200 that counted as failed
+    seen = state["probes"]
+    await eventually(lambda: state["probes"] >= seen + 3, timeout=5)  # still probing
+    status = await backend_status(session, balancer, "b0")
+    assert "RecursionError" in status["last_check"], status
+    state["nested"] = False
+    await eventually(lambda: state_is("healthy"), timeout=5)  # rise counted too
+    log = balancer.stderr()
+    assert log.count("b0: health check failed: RecursionError") == 1, log  # once, not per probe
+
+
+def test_check_names_a_health_check_path_that_is_not_visible_ascii(tmp_path: Path) -> None:
+    config = tmp_path / "balancer.yaml"
+    config.write_text("backends:\n  - url: http://127.0.0.1:9001\nhealth_check:\n  path: /santé\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "balancer", "--check", "-c", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 2, result
+    assert result.stderr.strip() == (
+        f"{config}:4: health_check.path: 'é' is not visible ASCII (RFC 9112 3.2.1): "
+        "percent-encode it, got '/santé'"
+    )

@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import pytest
 
-from balancer.backend import Backend
+from balancer.backend import Attempt, Backend
 from balancer.config import BackendConfig
 from balancer.errors import (
     BackendDropped,
@@ -21,6 +21,8 @@ from balancer.proxy import Proxy, RetryBudget
 from balancer.strategies import STRATEGIES, UnknownStrategy, make_strategy
 from balancer.strategies.round_robin import RoundRobin
 from balancer.upstream import UpstreamPool
+
+from support import eventually
 
 MakeBackends = Callable[..., tuple[Backend, ...]]
 
@@ -259,3 +261,84 @@ async def test_may_retry_respects_the_budget(make_backends: MakeBackends) -> Non
     # Away from a backend that is out (breaker open, unhealthy, disabled): not budgeted.
     failed.set_health("unhealthy")
     assert proxy._may_retry(ConnectFailed(), "GET", None, 1, failed)
+
+
+# -- the queue for a slot (every candidate at its max_connections) ------------------------------
+
+
+async def capped_pool(queue_timeout: float = 2.0) -> tuple[Pool, Backend, Backend]:
+    """One backend with max_connections 1 and one that is down (its changes rebuild the pool)."""
+    loop = asyncio.get_running_loop()
+    made = []
+    for name, port, cap in (("a", 9001, 1), ("spare", 9002, 0)):
+        upstream = UpstreamPool(
+            "127.0.0.1", port, use_tls=False, connect_timeout=1, read_timeout=1, loop=loop
+        )
+        config = BackendConfig(f"http://127.0.0.1:{port}", name, max_connections=cap)
+        made.append(Backend(config, upstream, clock=lambda: 0.0))
+    a, spare = made
+    spare.set_health("unhealthy")
+    return Pool((a, spare), RoundRobin(), queue_timeout=queue_timeout), a, spare
+
+
+class Requests:
+    """Queued requests that, like the proxy, take the slot as soon as they get a backend."""
+
+    def __init__(self, pool: Pool, count: int) -> None:
+        self.pool = pool
+        self.served: list[int] = []  # who got a backend, in order
+        self.slots: list[Attempt] = []
+        self.tasks = [asyncio.create_task(self.one(i)) for i in range(count)]
+
+    async def one(self, index: int) -> Backend | None:
+        backend = await self.pool.wait_for_slot()
+        if backend is not None:
+            self.slots.append(backend.attempt().__enter__())  # no await in between
+            self.served.append(index)
+        return backend
+
+    async def close(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+
+
+async def test_a_wake_up_is_passed_on_when_the_woken_request_is_cancelled() -> None:
+    pool, a, _ = await capped_pool()
+    slot = a.attempt().__enter__()  # a is full: requests queue
+    requests = Requests(pool, 3)
+    first, second, third = requests.tasks
+    await eventually(lambda: pool.queued == 3)
+    slot.__exit__(None, None, None)  # a slot frees: `first` is woken...
+    first.cancel()  # ...and its client goes away before it ran
+    await eventually(lambda: requests.served)  # the wake-up went on to the next in line
+    assert requests.served == [1] and second.result() is a
+    assert not third.done() and pool.queued == 1  # third still waits, in line
+    await requests.close()
+    assert first.cancelled() and pool.queued == 0
+
+
+async def test_queued_requests_keep_their_order_across_a_rebuild() -> None:
+    pool, a, spare = await capped_pool()
+    slot = a.attempt().__enter__()
+    requests = Requests(pool, 3)
+    await eventually(lambda: pool.queued == 3)
+    for turn in range(3):
+        spare.set_mode("disabled" if turn % 2 == 0 else "enabled")  # a rebuild wakes the head
+        await eventually(lambda: pool.queued == 3 - len(requests.served))  # it waits again
+        slot.__exit__(None, None, None)  # a slot frees
+        await eventually(lambda n=turn + 1: len(requests.served) == n)
+        slot = requests.slots[-1]  # the one served holds the slot now
+    assert requests.served == [0, 1, 2]  # first come, first served, rebuilds or not
+    await requests.close()
+
+
+async def test_every_queued_request_is_answered_at_once_when_nothing_is_routable() -> None:
+    pool, a, _ = await capped_pool(queue_timeout=30)
+    a.attempt().__enter__()
+    requests = Requests(pool, 3)
+    await eventually(lambda: pool.queued == 3)
+    a.set_mode("disabled")  # one rebuild, one wake-up: each leaving 503 passes it on (SPEC §4)
+    await eventually(lambda: all(task.done() for task in requests.tasks), timeout=1)
+    assert [task.result() for task in requests.tasks] == [None, None, None]
+    assert pool.queued == 0

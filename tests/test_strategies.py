@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import bisect
 import random
 from collections import Counter
 from collections.abc import Callable
@@ -14,6 +15,7 @@ from balancer.config import AdaptiveWeights, BackendConfig
 from balancer.pool import Pool
 from balancer.strategies import STRATEGIES, UnknownStrategy, make_strategy
 from balancer.strategies.consistent_hash import ConsistentHash
+from balancer.strategies.ring import MAX_POINTS, VNODES, Ring, ring_hash, vnodes
 from balancer.upstream import UpstreamPool
 
 
@@ -203,3 +205,118 @@ async def test_slow_start_ramps_a_recovered_backend_up(make_backend: MakeBackend
     assert 0.18 < share_of_b() < 0.32  # half-way: about half of its 50 %
     clock.now += 5
     assert 0.47 < share_of_b() < 0.53  # ramp done: its full share
+
+
+# -- consistent_hash's ring: bounded, built off the request path (SPEC §2) ----------------------
+
+
+def ring_of(pool: Pool) -> Ring:
+    assert isinstance(pool.strategy, ConsistentHash) and pool.strategy.ring is not None
+    return pool.strategy.ring
+
+
+def builds(pool: Pool) -> int:
+    assert isinstance(pool.strategy, ConsistentHash)
+    return pool.strategy.builds
+
+
+async def test_consistent_hash_heavy_weights_make_a_bounded_ring_built_before_any_pick(
+    make_backend: MakeBackend,
+) -> None:
+    backends = tuple(make_backend(n, weight=1000) for n in ("app1", "app2", "app3"))
+    pool = Pool(backends, ConsistentHash(random.Random(1)))
+    assert builds(pool) == 1  # built by the pool, before the first request
+    ring = ring_of(pool)
+    assert len(ring.hashes) <= MAX_POINTS
+    points = Counter(b.name for b in ring.owners)
+    assert all(6000 <= n <= 6667 for n in points.values()), points  # in proportion to weight
+    picks = Counter(pool.pick(key=b"user-%d" % i).name for i in range(3000))  # type: ignore[union-attr]
+    assert all(800 < n < 1200 for n in picks.values()), picks
+    for i in range(200):  # retries: every exclusion set walks the same ring
+        first = pool.pick(key=b"user-%d" % i)
+        assert pool.pick(exclude=[first], key=b"user-%d" % i) not in (first, None)  # type: ignore[list-item]
+    assert builds(pool) == 1 and ring_of(pool) is ring
+
+
+def test_vnodes_stay_within_the_bound_in_proportion_to_weight() -> None:
+    assert vnodes([1, 2, 3]) == [VNODES, 2 * VNODES, 3 * VNODES]  # small weights: unscaled
+    assert vnodes([1000, 1000, 1000]) == [6666, 6666, 6666]
+    assert vnodes([1, 100_000]) == [1, 19_998]  # at least one point each
+    assert sum(vnodes([7] * 5000)) <= MAX_POINTS
+    assert min(vnodes([1, 1_000_000, 1_000_000])) == 1
+
+
+async def test_consistent_hash_exclusion_walks_clockwise_to_a_stable_second_owner(
+    make_backend: MakeBackend,
+) -> None:
+    backends = tuple(make_backend(n) for n in ("app1", "app2", "app3", "app4"))
+    pool = Pool(backends, ConsistentHash(random.Random(1)))
+    ring = ring_of(pool)
+    for i in range(300):
+        key = b"client-%d" % i
+        first = pool.pick(key=key)
+        assert first is not None
+        second = pool.pick(exclude=[first], key=key)
+        # The next point clockwise owned by another backend, found on the ring by hand.
+        index = bisect.bisect_left(ring.hashes, ring_hash(key)) % len(ring.owners)
+        while ring.owners[index] is first:
+            index = (index + 1) % len(ring.owners)
+        assert second is ring.owners[index]
+        assert pool.pick(exclude=[first], key=key) is second  # stable, not random
+        third = pool.pick(exclude=[first, second], key=key)  # type: ignore[list-item]
+        assert third not in (first, second, None)
+    assert builds(pool) == 1
+
+
+async def test_consistent_hash_a_backend_going_down_moves_only_its_keys_without_a_build(
+    make_backend: MakeBackend,
+) -> None:
+    backends = tuple(make_backend(n, weight=1000) for n in ("app1", "app2", "app3"))
+    pool = Pool(backends, ConsistentHash(random.Random(1)))
+    keys = [b"client-%d" % i for i in range(3000)]
+    before = {k: pool.pick(key=k) for k in keys}
+    second = {k: pool.pick(exclude=[before[k]], key=k) for k in keys}  # type: ignore[list-item]
+    backends[2].set_health("unhealthy")  # the candidates change; the members do not
+    after = {k: pool.pick(key=k) for k in keys}
+    moved = [k for k in keys if after[k] is not before[k]]
+    assert moved and all(before[k] is backends[2] for k in moved)  # only app3's keys move
+    assert all(after[k] is second[k] for k in moved)  # ...each to its retry's second choice
+    assert builds(pool) == 1
+
+
+async def test_consistent_hash_reweight_and_new_members_rebuild_the_ring(
+    make_backend: MakeBackend,
+) -> None:
+    a, b, c = (make_backend(n) for n in ("app1", "app2", "app3"))
+    pool = Pool((a, b, c), ConsistentHash(random.Random(1)))
+    assert builds(pool) == 1
+    a.set_mode("disabled")
+    a.set_mode("enabled")  # state changes: the same members and weights, no new ring
+    assert builds(pool) == 1
+    a.weight = 3
+    a.refresh()  # a reweight: the pool rebuilds, so does the ring
+    assert builds(pool) == 2
+    assert Counter(o.name for o in ring_of(pool).owners) == {
+        "app1": 3 * VNODES, "app2": VNODES, "app3": VNODES,
+    }  # fmt: skip
+    picks = Counter(pool.pick(key=b"k%d" % i).name for i in range(5000))  # type: ignore[union-attr]
+    assert 2800 < picks["app1"] < 3200, picks
+    strategy = pool.strategy
+    assert isinstance(strategy, ConsistentHash)
+    d = make_backend("app4")
+    strategy.rebuild((a, b, c, d))  # new members
+    assert strategy.builds == 3 and d in ring_of(pool).owners
+    strategy.rebuild((a, b, c, d))
+    assert strategy.builds == 3  # nothing changed: nothing built
+
+
+async def test_a_swapped_in_consistent_hash_gets_its_ring_from_the_pool(
+    make_backend: MakeBackend,
+) -> None:
+    backends = tuple(make_backend(n, weight=1000) for n in "abc")
+    pool = Pool(backends, make_strategy("round_robin"))
+    fresh = ConsistentHash(random.Random(1))
+    pool.set_strategy(fresh)
+    assert fresh.builds == 1 and fresh.ring is not None
+    pool.pick(key=b"x")
+    assert fresh.builds == 1

@@ -9,7 +9,7 @@ import aiohttp
 import pytest
 
 from conftest import StartBalancer
-from support import Backend, Balancer
+from support import Backend, Balancer, start_backend
 
 
 async def shares(
@@ -76,3 +76,42 @@ async def test_consistent_hash_on_a_header_keeps_each_user_on_one_backend(
         assert len(served) == 1, served  # always the same backend for one user
         owners[user] = next(iter(served))
     assert set(owners.values()) == {"b0", "b1"}  # users spread over both
+
+
+async def test_consistent_hash_with_heavy_weights_answers_from_one_ring_built_at_start(
+    backends: list[Backend], balancer_factory: StartBalancer, session: aiohttp.ClientSession
+) -> None:
+    """SPEC §2: weights of 1,000 make one bounded ring, built at start, never per request,
+    not for a retry that walks past a backend that is down either."""
+    third = await start_backend("b2")
+    try:
+        urls = [b.url for b in backends] + [third.url]
+        lines = "".join(
+            f"  - url: {url}\n    name: b{i}\n    weight: 1000\n" for i, url in enumerate(urls)
+        )
+        config = (
+            "listen: 127.0.0.1:0\nlog_level: debug\nadmin: {listen: 127.0.0.1:0}\n"
+            "strategy: consistent_hash\nhash: {on: header, name: X-User}\n"
+            f"health_check: {{interval: 1h}}\nbackends:\n{lines}"
+        )
+        balancer = await balancer_factory([], config=config)
+        owners = {}
+        for user in range(30):
+            served = await shares(
+                session, balancer, 2, concurrency=1, headers={"X-User": f"u{user}"}
+            )
+            assert len(served) == 1, served
+            owners[user] = next(iter(served))
+        assert set(owners.values()) == {"b0", "b1", "b2"}
+        await third.stop()  # its users' requests are refused, then retried on their next owner
+        for user, owner in owners.items():
+            headers = {"X-User": f"u{user}"}
+            served = await shares(session, balancer, 2, concurrency=1, headers=headers)
+            if owner == "b2":
+                assert len(served) == 1 and "b2" not in served, served  # one stable next owner
+            else:
+                assert served == {owner: 2}, served  # nobody else's users move
+        log = balancer.stderr()
+        assert log.count("consistent_hash: ring of 19998 points over 3 backends built") == 1, log
+    finally:
+        await third.stop()

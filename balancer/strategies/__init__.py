@@ -34,6 +34,16 @@ class Strategy(Protocol):
     def pick(self, candidates: Sequence[Backend], key: bytes | None = None) -> Backend: ...
 
 
+Rebuild = Callable[[Sequence["Backend"]], None]
+
+
+def rebuild_hook(strategy: Strategy) -> Rebuild | None:
+    """A strategy's optional `rebuild(backends)`, which the pool calls off the request path
+    whenever its members or their weights may have changed (consistent_hash builds its ring)."""
+    hook: Rebuild | None = getattr(strategy, "rebuild", None)
+    return hook
+
+
 Clock = Callable[[], float]
 StrategyFactory = Callable[[random.Random, Clock, AdaptiveWeights], Strategy]
 
