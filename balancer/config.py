@@ -537,6 +537,7 @@ def _finish_sticky(walk: _Walk, fields: _Fields, path: str, node: yaml.Node) -> 
 @dataclass(frozen=True, slots=True)
 class RedisConfig:
     url: str | None = field(default=None, metadata=_text_rule(_redis_url))
+    timeout: float = field(default=0.05, metadata=_rule(_POSITIVE))  # per call (SPEC §2)
 
 
 @dataclass(frozen=True, slots=True)

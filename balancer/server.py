@@ -69,7 +69,7 @@ def build_backend(config: Config, bc: BackendConfig, loop: asyncio.AbstractEvent
 def make_store(config: Config) -> SessionStore:
     """Redis when `redis.url` is set (shared by every instance), else this process."""
     if config.redis.url:
-        return RedisStore(config.redis.url, config.sticky.ttl)
+        return RedisStore(config.redis.url, config.sticky.ttl, call_timeout=config.redis.timeout)
     return MemoryStore(config.sticky.ttl)
 
 

@@ -73,6 +73,7 @@ sticky:
   ttl: 30m
 redis:
   url: redis://127.0.0.1:6379/0
+  timeout: 50ms
 timeouts:
   connect: 2s
   read: 30s
@@ -157,7 +158,7 @@ def test_every_default() -> None:
     assert config.health_check == HealthCheckConfig("/health", 5.0, 2.0, 2, 3)
     assert config.circuit_breaker == CircuitBreakerConfig(5, 60.0)
     assert config.sticky == StickyConfig("off", "lb_session", "X-Session-Id", 1800.0, False)
-    assert config.redis == RedisConfig(None)
+    assert config.redis == RedisConfig(None, 0.05)
     assert config.timeouts == TimeoutsConfig(2.0, 30.0, 10.0, 60.0)
     assert config.limits == LimitsConfig(8192, 8192, 65536, 100, 0, 10000)
     assert (config.retries, config.slow_start) == (1, 0.0)
@@ -283,6 +284,8 @@ def test_format_size(size: int, text: str) -> None:
      ("timeouts:\n  client_idle: 1.5\n", ("timeouts", "client_idle"), 1.5),
      ("health_check:\n  interval: 500ms\n", ("health_check", "interval"), 0.5),
      ("sticky:\n  ttl: 1h\n", ("sticky", "ttl"), 3600.0),
+     ("redis:\n  timeout: 250ms\n", ("redis", "timeout"), 0.25),
+     ("redis:\n  timeout: 1\n", ("redis", "timeout"), 1.0),
      ("limits:\n  max_body: 1GB\n", ("limits", "max_body"), 1 << 30),
      ("limits:\n  max_head: 16 KiB\n", ("limits", "max_head"), 16384),
      ("limits:\n  max_request_line: 4096\n", ("limits", "max_request_line"), 4096),
@@ -717,6 +720,9 @@ def test_wrong_types(section: str, message: str) -> None:
         ("sticky:\n  mode: coookie\n", "sticky.mode: unknown sticky mode 'coookie' (valid: off, cookie, learn, header, ip); did you mean 'cookie'?"),
         ("sticky:\n  cookie: 'my cookie'\n", "sticky.cookie: expected a header or cookie name"),
         ("sticky:\n  header: ''\n", "sticky.header: expected a header or cookie name"),
+        ("redis:\n  timeout: 0\n", "redis.timeout: must be greater than 0, got 0"),
+        ("redis:\n  timeout: -50ms\n", "redis.timeout: invalid duration '-50ms': must not be negative"),
+        ("redis:\n  timeout: fast\n", "redis.timeout: invalid duration 'fast'"),
         ("redis:\n  url: http://r:6379\n", "redis.url: must start with redis://, rediss:// or unix://, got 'http://r:6379'"),
         ("limits:\n  max_head: 0\n", "limits.max_head: must be at least 1 bytes, got 0"),
         ("limits:\n  max_connections: 0\n", "limits.max_connections: must be at least 1, got 0"),

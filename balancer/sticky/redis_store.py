@@ -1,11 +1,11 @@
 """Sticky mappings in Redis, shared by every balancer process and instance (SPEC §2).
 
-Every call has a short timeout (Redis slow is Redis down for a request path). While Redis is
-unreachable the store says `available = False`, serves and records mappings in the in-process
-store, and one background task reconnects with backoff capped at 5 s; the outage and the
-recovery are each logged once. A near cache in this process holds a mapping it read or wrote
-for `near_ttl` seconds (never an absence), so a hot session does not cost a round trip per
-request while instances still converge within `near_ttl`.
+Every call is bounded by `redis.timeout` (Redis slow is Redis down for a request path). While
+Redis is unreachable the store says `available = False`, serves and records mappings in the
+in-process store, and one background task reconnects with backoff capped at 5 s; the outage
+and the recovery are each logged once. A near cache in this process holds a mapping it read or
+wrote for `near_ttl` seconds (never an absence), so a hot session does not cost a round trip
+per request while instances still converge within `near_ttl`.
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ from balancer.sticky.store import MemoryStore
 
 log = logging.getLogger("balancer.sticky")
 
-CALL_TIMEOUT = 0.05
 MAX_BACKOFF = 5.0
 NEAR_TTL = 2.0
 
@@ -37,8 +36,8 @@ class RedisStore:
         url: str,
         ttl: float,
         *,
+        call_timeout: float,
         namespace: str = "balancer:sticky:",
-        call_timeout: float = CALL_TIMEOUT,
         near_ttl: float = NEAR_TTL,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
