@@ -71,6 +71,7 @@ sticky:
   cookie: lb_session
   header: X-Session-Id
   ttl: 30m
+  secret: ""
 redis:
   url: redis://127.0.0.1:6379/0
   timeout: 50ms
@@ -159,6 +160,7 @@ def test_every_default() -> None:
     assert config.circuit_breaker == CircuitBreakerConfig(5, 60.0)
     assert config.sticky == StickyConfig("off", "lb_session", "X-Session-Id", 1800.0, False)
     assert config.redis == RedisConfig(None, 0.05)
+    assert config.sticky.secret == ""
     assert config.timeouts == TimeoutsConfig(2.0, 30.0, 10.0, 60.0)
     assert config.limits == LimitsConfig(8192, 8192, 65536, 100, 0, 10000)
     assert (config.retries, config.slow_start) == (1, 0.0)
@@ -396,7 +398,7 @@ def test_cli_example_reports_three_problems_in_file_order() -> None:
         ),
         (
             ONE_BACKEND + "sticky:\n  zzz: 1\n",
-            "balancer.yaml:4: sticky: unknown key 'zzz' (valid: mode, cookie, header, ttl)",
+            "balancer.yaml:4: sticky: unknown key 'zzz' (valid: mode, cookie, header, ttl, secret)",
         ),
         (
             ONE_BACKEND + "adaptive:\n  weights:\n    cpus: 1\n",
@@ -723,6 +725,7 @@ def test_wrong_types(section: str, message: str) -> None:
         ("redis:\n  timeout: 0\n", "redis.timeout: must be greater than 0, got 0"),
         ("redis:\n  timeout: -50ms\n", "redis.timeout: invalid duration '-50ms': must not be negative"),
         ("redis:\n  timeout: fast\n", "redis.timeout: invalid duration 'fast'"),
+        ("sticky:\n  secret: [a, b]\n", "sticky.secret: expected text, got a list"),
         ("redis:\n  url: http://r:6379\n", "redis.url: must start with redis://, rediss:// or unix://, got 'http://r:6379'"),
         ("limits:\n  max_head: 0\n", "limits.max_head: must be at least 1 bytes, got 0"),
         ("limits:\n  max_connections: 0\n", "limits.max_connections: must be at least 1, got 0"),
@@ -741,6 +744,16 @@ def test_wrong_types(section: str, message: str) -> None:
 )  # fmt: skip
 def test_values_refused(section: str, message: str) -> None:
     assert message in only_problem(with_section(section))
+
+
+def test_sticky_secret_is_text_from_the_environment_and_never_in_a_repr() -> None:
+    text = with_section("sticky:\n  mode: cookie\n  secret: ${LB_SECRET}\n")
+    config = parse(text, {"LB_SECRET": "0123456789"})
+    assert config.sticky.secret == "0123456789"
+    assert "0123456789" not in repr(config) and "0123456789" not in summary(config)
+    assert parse(with_section("sticky:\n  secret: 12345\n")).sticky.secret == "12345"  # as written
+    assert parse(with_section("sticky:\n  secret:\n")).sticky.secret == ""
+    assert "LB_SECRET is not set" in only_problem(text)
 
 
 def test_other_values_accepted() -> None:

@@ -1,9 +1,48 @@
-"""The sticky layer's parts on their own: the bounds of the in-process store (SPEC §2: both
-stores are bounded by bytes as well as entries)."""
+"""The sticky layer's parts on their own: the signer and the bounds of the in-process store
+(SPEC §2: honoured cookies are only ours; both stores are bounded by bytes and entries)."""
 
 from __future__ import annotations
 
+import re
+import secrets
+
+import pytest
+
+from balancer.sticky.signing import VALUE_LENGTH, CookieSigner
 from balancer.sticky.store import DEFAULT_MAX_BYTES, DEFAULT_MAX_ENTRIES, MemoryStore, entry_bytes
+
+
+def test_issued_values_verify_and_look_like_ours() -> None:
+    signer = CookieSigner(b"s3cret")
+    values = {signer.issue() for _ in range(200)}
+    assert len(values) == 200  # random ids
+    for value in values:
+        assert len(value) == VALUE_LENGTH == 47
+        assert re.fullmatch(r"[A-Za-z0-9_-]{24}\.[A-Za-z0-9_-]{22}", value)
+        assert signer.verify(value.encode())
+
+
+def test_anything_we_did_not_sign_fails() -> None:
+    signer = CookieSigner(b"s3cret")
+    value = signer.issue()
+    cookie_id, mac = value.split(".")
+    flipped = ("B" if mac[0] == "A" else "A") + mac[1:]
+    forged = [
+        secrets.token_urlsafe(18),  # an unsigned id, as issued before signing
+        f"{cookie_id}.{flipped}",  # the right shape, a bad MAC
+        f"{secrets.token_urlsafe(18)}.{mac}",  # our MAC on another id
+        CookieSigner(b"another").issue(),  # signed, with another secret
+        value + "x",
+        value[:-1],
+        value.replace(".", "-"),
+        "x" * 4096,
+        "",
+    ]
+    for bad in forged:
+        assert not signer.verify(bad.encode()), bad
+    assert not signer.verify(value.encode()[:-2] + "é".encode())  # non-ASCII, right length
+    with pytest.raises(ValueError):
+        CookieSigner(b"")
 
 
 def test_the_store_is_bounded_by_bytes_as_well_as_entries() -> None:

@@ -6,6 +6,10 @@ in-process store, and one background task reconnects with backoff capped at 5 s;
 and the recovery are each logged once. A near cache in this process holds a mapping it read or
 wrote for `near_ttl` seconds (never an absence), so a hot session does not cost a round trip
 per request while instances still converge within `near_ttl`.
+
+Values registered by `load_or_create` (the cookie secret, SPEC §2) are written back with
+`SET NX` when Redis comes back from an outage and every KEEP_INTERVAL, so a Redis restarted
+empty gets them again.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
+from typing import Any
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
@@ -26,6 +31,9 @@ log = logging.getLogger("balancer.sticky")
 
 MAX_BACKOFF = 5.0
 NEAR_TTL = 2.0
+# How often kept values are re-set with NX: a Redis restarted empty while this process sent it
+# nothing (redis-py reconnects quietly) gets the secret back within this.
+KEEP_INTERVAL = 1.0
 
 
 class RedisStore:
@@ -61,7 +69,9 @@ class RedisStore:
         # and Redis' own sliding TTL is refreshed.
         self._near = MemoryStore(near_ttl, max_entries=10_000, clock=clock, sliding=False)
         self.available = True
+        self._kept: dict[str, str] = {}  # full Redis key -> value, re-set with NX (the secret)
         self._reconnect: asyncio.Task[None] | None = None
+        self._keeper: asyncio.Task[None] | None = None
         self.errors_total = 0
 
     async def get(self, key: str) -> str | None:
@@ -99,10 +109,52 @@ class RedisStore:
         except (RedisError, OSError, TimeoutError) as exc:
             self._lost(exc)
 
+    async def load_or_create(self, key: str, value: str) -> str:
+        """The value Redis holds at `key` (a full key, outside the namespace), set to `value`
+        first when it has none (`SET NX`); `value` itself when Redis does not answer. Either
+        way the process keeps it and writes it back with `SET NX` whenever Redis returns."""
+        if self.available:
+            try:
+                async with asyncio.timeout(max(self.call_timeout, 0.2)):
+                    replies = await self._pipeline([("SET", key, value, "NX"), ("GET", key)])
+            except (RedisError, OSError, TimeoutError) as exc:
+                self._lost(exc)
+            else:
+                if isinstance(replies[1], str) and replies[1]:
+                    value = replies[1]
+        self._kept[key] = value
+        if self._keeper is None:
+            self._keeper = asyncio.get_running_loop().create_task(self._keep_loop())
+        return value
+
+    async def _keep_loop(self) -> None:
+        while True:
+            await asyncio.sleep(KEEP_INTERVAL)
+            if self.available:  # else the reconnect loop restores them when Redis is back
+                try:
+                    await self._restore_kept()
+                except (RedisError, OSError, TimeoutError):
+                    pass  # requests notice an outage; this only puts values back
+
+    async def _restore_kept(self) -> None:
+        """Put the kept values back where Redis lost them (SPEC §2: the secret, with SET NX)."""
+        if not self._kept:
+            return
+        async with asyncio.timeout(max(self.call_timeout, 0.2)):
+            await self._pipeline([("SET", key, value, "NX") for key, value in self._kept.items()])
+
+    async def _pipeline(self, commands: list[tuple[str | int, ...]]) -> list[Any]:
+        """Several commands in one round trip (a pipeline, no MULTI); their replies."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for command in commands:
+                _ = pipe.execute_command(*command)  # queued: nothing to await yet
+            return await pipe.execute()
+
     async def close(self) -> None:
-        if self._reconnect is not None:
-            self._reconnect.cancel()
-            await asyncio.gather(self._reconnect, return_exceptions=True)
+        for task in (self._reconnect, self._keeper):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
         await self._redis.aclose()
 
     def _lost(self, exc: BaseException) -> None:
@@ -125,6 +177,7 @@ class RedisStore:
             try:
                 async with asyncio.timeout(max(self.call_timeout, 0.2)):
                     await self._redis.ping()
+                await self._restore_kept()
             except (RedisError, OSError, TimeoutError):
                 delay = min(MAX_BACKOFF, delay * 2)
                 continue
