@@ -250,6 +250,51 @@ async def test_a_configured_secret_signs_on_every_instance(
         await client.aclose()
 
 
+async def test_a_redis_restarted_empty_repins_no_session_the_process_knows(
+    backends: list[Backend],
+    balancer_factory: StartBalancer,
+    session: aiohttp.ClientSession,
+    redis_server: RedisServer,
+) -> None:
+    urls = [b.url for b in backends]
+    config = with_redis(COOKIE, redis_server)
+    balancer = await balancer_factory(urls, config)
+    await session.post(f"{balancer.admin_url}/backends/b1/drain")
+    cookies = []
+    for _ in range(20):  # every session on b0
+        name, response = await get(session, balancer.url + "/")
+        assert name == "b0"
+        cookies.append({"Cookie": f"lb_session={lb_cookie(response)}"})
+    await session.post(f"{balancer.admin_url}/backends/b1/enable")
+    client = aioredis.Redis.from_url(redis_server.url)
+    try:
+        secret = await client.get(SECRET_KEY)
+        await client.aclose()
+        redis_server.kill()
+        redis_server.start()  # empty
+        client = aioredis.Redis.from_url(redis_server.url)
+        repinned: list[str] = []
+
+        async def all_back_in_redis() -> bool:
+            # Round robin would now send every other new pick to b1: a session answered
+            # from anywhere but b0 was re-pinned.
+            for cookie in cookies:
+                name, _ = await get(session, balancer.url + "/", headers=cookie)
+                if name != "b0":
+                    repinned.append(name)
+            assert repinned == [], f"{len(repinned)} re-pinned of {len(cookies)}"
+            return len(await client.keys("balancer:sticky:cookie:*")) == len(cookies)
+
+        await eventually(all_back_in_redis, timeout=15)
+        assert await client.get(SECRET_KEY) == secret  # written back with the mappings
+        later = await balancer_factory(urls, config)  # so a new instance signs alike
+        for cookie in cookies:
+            name, response = await get(session, later.url + "/", headers=cookie)
+            assert name == "b0" and "lb_session" not in response.headers.get("Set-Cookie", "")
+    finally:
+        await client.aclose()
+
+
 async def test_redis_timeout_is_the_bound_of_each_call(
     backends: list[Backend],
     balancer_factory: StartBalancer,

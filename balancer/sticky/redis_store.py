@@ -1,15 +1,18 @@
 """Sticky mappings in Redis, shared by every balancer process and instance (SPEC §2).
 
 Every call is bounded by `redis.timeout` (Redis slow is Redis down for a request path). While
-Redis is unreachable the store says `available = False`, serves and records mappings in the
-in-process store, and one background task reconnects with backoff capped at 5 s; the outage
-and the recovery are each logged once. A near cache in this process holds a mapping it read or
-wrote for `near_ttl` seconds (never an absence), so a hot session does not cost a round trip
-per request while instances still converge within `near_ttl`.
+Redis is unreachable the store says `available = False`, serves from its own copy, and one
+background task reconnects with backoff capped at 5 s; the outage and the recovery are each
+logged once. A near cache in this process holds a mapping it read or wrote for `near_ttl`
+seconds (never an absence), so a hot session does not cost a round trip per request while
+instances still converge within `near_ttl`.
 
-Values registered by `load_or_create` (the cookie secret, SPEC §2) are written back with
-`SET NX` when Redis comes back from an outage and every KEEP_INTERVAL, so a Redis restarted
-empty gets them again.
+The copy (SPEC §2): every mapping the process writes or reads is also kept in its own bounded
+MemoryStore with the same sliding ttl. When Redis answers a miss for a key the copy holds,
+Redis lost it (restarted empty): the copy is used and written back (`SET NX`, so a mapping
+another instance wrote meanwhile wins), and a Redis restart re-pins no session the process
+still knows. Values registered by `load_or_create` (the cookie secret) are written back with
+`SET NX` too: then, when Redis comes back from an outage, and every KEEP_INTERVAL.
 """
 
 from __future__ import annotations
@@ -64,7 +67,7 @@ class RedisStore:
             retry=Retry(NoBackoff(), 0),  # a failed call falls back at once, no retry
             decode_responses=True,
         )
-        self.fallback = MemoryStore(ttl, clock=clock)
+        self.copy = MemoryStore(ttl, clock=clock)  # also what serves while Redis is away
         # Not sliding: a hot session is re-read from Redis every near_ttl, so instances converge
         # and Redis' own sliding TTL is refreshed.
         self._near = MemoryStore(near_ttl, max_entries=10_000, clock=clock, sliding=False)
@@ -78,21 +81,40 @@ class RedisStore:
         if (backend := self._near.get_now(key)) is not None:
             return backend
         if not self.available:
-            return self.fallback.get_now(key)
+            return self.copy.get_now(key)
         try:
             async with asyncio.timeout(self.call_timeout):
                 value = await self._redis.getex(self.namespace + key, px=self._ttl_ms)
         except (RedisError, OSError, TimeoutError) as exc:
             self._lost(exc)
-            return self.fallback.get_now(key)
+            return self.copy.get_now(key)
         if not isinstance(value, str):
-            return None  # absence is never cached
+            held = self.copy.get_now(key)  # ours but not Redis': it lost it (restarted empty)
+            return None if held is None else await self._write_back(key, held)
         self._near.set_now(key, value)
+        self.copy.set_now(key, value)
         return value
+
+    async def _write_back(self, key: str, backend: str) -> str:
+        """Redis answered a miss for a mapping this process holds (it restarted empty): put
+        ours back unless another instance already wrote one, and go where Redis then says."""
+        name = self.namespace + key
+        try:
+            async with asyncio.timeout(self.call_timeout):
+                commands = [("SET", name, backend, "PX", self._ttl_ms, "NX"), ("GET", name)]
+                commands += (("SET", kept, value, "NX") for kept, value in self._kept.items())
+                replies = await self._pipeline(commands)
+        except (RedisError, OSError, TimeoutError) as exc:
+            self._lost(exc)
+            return backend
+        winner = replies[1] if isinstance(replies[1], str) else backend
+        self._near.set_now(key, winner)
+        self.copy.set_now(key, winner)
+        return winner
 
     async def set(self, key: str, backend: str) -> None:
         self._near.set_now(key, backend)
-        self.fallback.set_now(key, backend)
+        self.copy.set_now(key, backend)
         if not self.available:
             return
         try:
