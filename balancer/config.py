@@ -288,6 +288,9 @@ def _admin_token(value: Any) -> str:
     return "" if value is None else _text(value)
 
 
+_secret = _admin_token  # text, or empty when null
+
+
 def _optional_token(value: Any) -> str | None:
     return None if value is None else _token(value)
 
@@ -550,6 +553,8 @@ class StickyConfig:
     header: str = field(default="X-Session-Id", metadata=_text_rule(_token))
     ttl: float = field(default=1800.0, metadata=_rule(_POSITIVE))
     cookie_explicit: bool = False  # learn mode needs the app's cookie name, never our default
+    # Cookie mode's HMAC key (SPEC §2); empty: random, shared through Redis with SET NX.
+    secret: str = field(default="", repr=False, metadata=_text_rule(_secret))
 
 
 def _finish_sticky(walk: _Walk, fields: _Fields, path: str, node: yaml.Node) -> None:
@@ -562,6 +567,7 @@ def _finish_sticky(walk: _Walk, fields: _Fields, path: str, node: yaml.Node) -> 
 @dataclass(frozen=True, slots=True)
 class RedisConfig:
     url: str | None = field(default=None, metadata=_text_rule(_redis_url))
+    timeout: float = field(default=0.05, metadata=_rule(_POSITIVE))  # per call (SPEC §2)
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,6 +21,7 @@ from balancer.pool import Pool
 from balancer.proxy import Proxy, RetryBudget
 from balancer.sticky import Sticky
 from balancer.sticky.redis_store import RedisStore
+from balancer.sticky.signing import CookieSigner, make_signer
 from balancer.sticky.store import MemoryStore, SessionStore
 from balancer.strategies import make_strategy
 from balancer.upstream import UpstreamPool
@@ -70,7 +71,7 @@ def build_backend(config: Config, bc: BackendConfig, loop: asyncio.AbstractEvent
 def make_store(config: Config) -> SessionStore:
     """Redis when `redis.url` is set (shared by every instance), else this process."""
     if config.redis.url:
-        return RedisStore(config.redis.url, config.sticky.ttl)
+        return RedisStore(config.redis.url, config.sticky.ttl, call_timeout=config.redis.timeout)
     return MemoryStore(config.sticky.ttl)
 
 
@@ -109,9 +110,14 @@ async def serve(config: Config, *, announce: Callable[[str], None] = print) -> N
     loop = asyncio.get_running_loop()
     pool = build_pool(config, loop)
     store = make_store(config)
-    sticky = Sticky(config.sticky, store) if config.sticky.mode != "off" else None
     if isinstance(store, RedisStore):
         await store.connect()  # never blocks start: a Redis that is down is retried
+    sticky = None
+    if config.sticky.mode != "off":
+        signer: CookieSigner | None = None
+        if config.sticky.mode == "cookie":  # before serving: SPEC §2 loads the secret first
+            signer = await make_signer(config.sticky.secret, store)
+        sticky = Sticky(config.sticky, store, signer)
     proxy = Proxy(
         pool,
         retries=config.retries,

@@ -71,8 +71,10 @@ sticky:
   cookie: lb_session
   header: X-Session-Id
   ttl: 30m
+  secret: ""
 redis:
   url: redis://127.0.0.1:6379/0
+  timeout: 50ms
 timeouts:
   connect: 2s
   read: 30s
@@ -157,7 +159,8 @@ def test_every_default() -> None:
     assert config.health_check == HealthCheckConfig("/health", 5.0, 2.0, 2, 3)
     assert config.circuit_breaker == CircuitBreakerConfig(5, 60.0)
     assert config.sticky == StickyConfig("off", "lb_session", "X-Session-Id", 1800.0, False)
-    assert config.redis == RedisConfig(None)
+    assert config.redis == RedisConfig(None, 0.05)
+    assert config.sticky.secret == ""
     assert config.timeouts == TimeoutsConfig(2.0, 30.0, 10.0, 60.0)
     assert config.limits == LimitsConfig(8192, 8192, 65536, 100, 0, 10000)
     assert (config.retries, config.slow_start) == (1, 0.0)
@@ -283,6 +286,8 @@ def test_format_size(size: int, text: str) -> None:
      ("timeouts:\n  client_idle: 1.5\n", ("timeouts", "client_idle"), 1.5),
      ("health_check:\n  interval: 500ms\n", ("health_check", "interval"), 0.5),
      ("sticky:\n  ttl: 1h\n", ("sticky", "ttl"), 3600.0),
+     ("redis:\n  timeout: 250ms\n", ("redis", "timeout"), 0.25),
+     ("redis:\n  timeout: 1\n", ("redis", "timeout"), 1.0),
      ("limits:\n  max_body: 1GB\n", ("limits", "max_body"), 1 << 30),
      ("limits:\n  max_head: 16 KiB\n", ("limits", "max_head"), 16384),
      ("limits:\n  max_request_line: 4096\n", ("limits", "max_request_line"), 4096),
@@ -393,7 +398,7 @@ def test_cli_example_reports_three_problems_in_file_order() -> None:
         ),
         (
             ONE_BACKEND + "sticky:\n  zzz: 1\n",
-            "balancer.yaml:4: sticky: unknown key 'zzz' (valid: mode, cookie, header, ttl)",
+            "balancer.yaml:4: sticky: unknown key 'zzz' (valid: mode, cookie, header, ttl, secret)",
         ),
         (
             ONE_BACKEND + "adaptive:\n  weights:\n    cpus: 1\n",
@@ -717,6 +722,10 @@ def test_wrong_types(section: str, message: str) -> None:
         ("sticky:\n  mode: coookie\n", "sticky.mode: unknown sticky mode 'coookie' (valid: off, cookie, learn, header, ip); did you mean 'cookie'?"),
         ("sticky:\n  cookie: 'my cookie'\n", "sticky.cookie: expected a header or cookie name"),
         ("sticky:\n  header: ''\n", "sticky.header: expected a header or cookie name"),
+        ("redis:\n  timeout: 0\n", "redis.timeout: must be greater than 0, got 0"),
+        ("redis:\n  timeout: -50ms\n", "redis.timeout: invalid duration '-50ms': must not be negative"),
+        ("redis:\n  timeout: fast\n", "redis.timeout: invalid duration 'fast'"),
+        ("sticky:\n  secret: [a, b]\n", "sticky.secret: expected text, got a list"),
         ("redis:\n  url: http://r:6379\n", "redis.url: must start with redis://, rediss:// or unix://, got 'http://r:6379'"),
         ("limits:\n  max_head: 0\n", "limits.max_head: must be at least 1 bytes, got 0"),
         ("limits:\n  max_connections: 0\n", "limits.max_connections: must be at least 1, got 0"),
@@ -735,6 +744,16 @@ def test_wrong_types(section: str, message: str) -> None:
 )  # fmt: skip
 def test_values_refused(section: str, message: str) -> None:
     assert message in only_problem(with_section(section))
+
+
+def test_sticky_secret_is_text_from_the_environment_and_never_in_a_repr() -> None:
+    text = with_section("sticky:\n  mode: cookie\n  secret: ${LB_SECRET}\n")
+    config = parse(text, {"LB_SECRET": "0123456789"})
+    assert config.sticky.secret == "0123456789"
+    assert "0123456789" not in repr(config) and "0123456789" not in summary(config)
+    assert parse(with_section("sticky:\n  secret: 12345\n")).sticky.secret == "12345"  # as written
+    assert parse(with_section("sticky:\n  secret:\n")).sticky.secret == ""
+    assert "LB_SECRET is not set" in only_problem(text)
 
 
 def test_other_values_accepted() -> None:

@@ -1,11 +1,18 @@
 """Sticky mappings in Redis, shared by every balancer process and instance (SPEC §2).
 
-Every call has a short timeout (Redis slow is Redis down for a request path). While Redis is
-unreachable the store says `available = False`, serves and records mappings in the in-process
-store, and one background task reconnects with backoff capped at 5 s; the outage and the
-recovery are each logged once. A near cache in this process holds a mapping it read or wrote
-for `near_ttl` seconds (never an absence), so a hot session does not cost a round trip per
-request while instances still converge within `near_ttl`.
+Every call is bounded by `redis.timeout` (Redis slow is Redis down for a request path). While
+Redis is unreachable the store says `available = False`, serves from its own copy, and one
+background task reconnects with backoff capped at 5 s; the outage and the recovery are each
+logged once. A near cache in this process holds a mapping it read or wrote for `near_ttl`
+seconds (never an absence), so a hot session does not cost a round trip per request while
+instances still converge within `near_ttl`.
+
+The copy (SPEC §2): every mapping the process writes or reads is also kept in its own bounded
+MemoryStore with the same sliding ttl. When Redis answers a miss for a key the copy holds,
+Redis lost it (restarted empty): the copy is used and written back (`SET NX`, so a mapping
+another instance wrote meanwhile wins), and a Redis restart re-pins no session the process
+still knows. Values registered by `load_or_create` (the cookie secret) are written back with
+`SET NX` too: then, when Redis comes back from an outage, and every KEEP_INTERVAL.
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
+from typing import Any
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
@@ -24,9 +32,11 @@ from balancer.sticky.store import MemoryStore
 
 log = logging.getLogger("balancer.sticky")
 
-CALL_TIMEOUT = 0.05
 MAX_BACKOFF = 5.0
 NEAR_TTL = 2.0
+# How often kept values are re-set with NX: a Redis restarted empty while this process sent it
+# nothing (redis-py reconnects quietly) gets the secret back within this.
+KEEP_INTERVAL = 1.0
 
 
 class RedisStore:
@@ -37,8 +47,8 @@ class RedisStore:
         url: str,
         ttl: float,
         *,
+        call_timeout: float,
         namespace: str = "balancer:sticky:",
-        call_timeout: float = CALL_TIMEOUT,
         near_ttl: float = NEAR_TTL,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -57,33 +67,54 @@ class RedisStore:
             retry=Retry(NoBackoff(), 0),  # a failed call falls back at once, no retry
             decode_responses=True,
         )
-        self.fallback = MemoryStore(ttl, clock=clock)
+        self.copy = MemoryStore(ttl, clock=clock)  # also what serves while Redis is away
         # Not sliding: a hot session is re-read from Redis every near_ttl, so instances converge
         # and Redis' own sliding TTL is refreshed.
         self._near = MemoryStore(near_ttl, max_entries=10_000, clock=clock, sliding=False)
         self.available = True
+        self._kept: dict[str, str] = {}  # full Redis key -> value, re-set with NX (the secret)
         self._reconnect: asyncio.Task[None] | None = None
+        self._keeper: asyncio.Task[None] | None = None
         self.errors_total = 0
 
     async def get(self, key: str) -> str | None:
         if (backend := self._near.get_now(key)) is not None:
             return backend
         if not self.available:
-            return self.fallback.get_now(key)
+            return self.copy.get_now(key)
         try:
             async with asyncio.timeout(self.call_timeout):
                 value = await self._redis.getex(self.namespace + key, px=self._ttl_ms)
         except (RedisError, OSError, TimeoutError) as exc:
             self._lost(exc)
-            return self.fallback.get_now(key)
+            return self.copy.get_now(key)
         if not isinstance(value, str):
-            return None  # absence is never cached
+            held = self.copy.get_now(key)  # ours but not Redis': it lost it (restarted empty)
+            return None if held is None else await self._write_back(key, held)
         self._near.set_now(key, value)
+        self.copy.set_now(key, value)
         return value
+
+    async def _write_back(self, key: str, backend: str) -> str:
+        """Redis answered a miss for a mapping this process holds (it restarted empty): put
+        ours back unless another instance already wrote one, and go where Redis then says."""
+        name = self.namespace + key
+        try:
+            async with asyncio.timeout(self.call_timeout):
+                commands = [("SET", name, backend, "PX", self._ttl_ms, "NX"), ("GET", name)]
+                commands += (("SET", kept, value, "NX") for kept, value in self._kept.items())
+                replies = await self._pipeline(commands)
+        except (RedisError, OSError, TimeoutError) as exc:
+            self._lost(exc)
+            return backend
+        winner = replies[1] if isinstance(replies[1], str) else backend
+        self._near.set_now(key, winner)
+        self.copy.set_now(key, winner)
+        return winner
 
     async def set(self, key: str, backend: str) -> None:
         self._near.set_now(key, backend)
-        self.fallback.set_now(key, backend)
+        self.copy.set_now(key, backend)
         if not self.available:
             return
         try:
@@ -100,10 +131,52 @@ class RedisStore:
         except (RedisError, OSError, TimeoutError) as exc:
             self._lost(exc)
 
+    async def load_or_create(self, key: str, value: str) -> str:
+        """The value Redis holds at `key` (a full key, outside the namespace), set to `value`
+        first when it has none (`SET NX`); `value` itself when Redis does not answer. Either
+        way the process keeps it and writes it back with `SET NX` whenever Redis returns."""
+        if self.available:
+            try:
+                async with asyncio.timeout(max(self.call_timeout, 0.2)):
+                    replies = await self._pipeline([("SET", key, value, "NX"), ("GET", key)])
+            except (RedisError, OSError, TimeoutError) as exc:
+                self._lost(exc)
+            else:
+                if isinstance(replies[1], str) and replies[1]:
+                    value = replies[1]
+        self._kept[key] = value
+        if self._keeper is None:
+            self._keeper = asyncio.get_running_loop().create_task(self._keep_loop())
+        return value
+
+    async def _keep_loop(self) -> None:
+        while True:
+            await asyncio.sleep(KEEP_INTERVAL)
+            if self.available:  # else the reconnect loop restores them when Redis is back
+                try:
+                    await self._restore_kept()
+                except (RedisError, OSError, TimeoutError):
+                    pass  # requests notice an outage; this only puts values back
+
+    async def _restore_kept(self) -> None:
+        """Put the kept values back where Redis lost them (SPEC §2: the secret, with SET NX)."""
+        if not self._kept:
+            return
+        async with asyncio.timeout(max(self.call_timeout, 0.2)):
+            await self._pipeline([("SET", key, value, "NX") for key, value in self._kept.items()])
+
+    async def _pipeline(self, commands: list[tuple[str | int, ...]]) -> list[Any]:
+        """Several commands in one round trip (a pipeline, no MULTI); their replies."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for command in commands:
+                _ = pipe.execute_command(*command)  # queued: nothing to await yet
+            return await pipe.execute()
+
     async def close(self) -> None:
-        if self._reconnect is not None:
-            self._reconnect.cancel()
-            await asyncio.gather(self._reconnect, return_exceptions=True)
+        for task in (self._reconnect, self._keeper):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
         await self._redis.aclose()
 
     def _lost(self, exc: BaseException) -> None:
@@ -126,6 +199,7 @@ class RedisStore:
             try:
                 async with asyncio.timeout(max(self.call_timeout, 0.2)):
                     await self._redis.ping()
+                await self._restore_kept()
             except (RedisError, OSError, TimeoutError):
                 delay = min(MAX_BACKOFF, delay * 2)
                 continue
