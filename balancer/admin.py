@@ -29,8 +29,14 @@ def backend_status(backend: Backend) -> dict[str, Any]:
         "weight": backend.weight,
         "state": backend.state,
         "breaker": backend.breaker.state if backend.breaker is not None else "closed",
+        "routable": backend.routable and not backend.full,
+        "breaker_retry_in_seconds": (
+            round(backend.breaker.retry_in_seconds, 3) if backend.breaker is not None else 0
+        ),
         "in_flight": backend.in_flight,
-        "requests_total": backend.requests_total,
+        # SPEC §3: the requests this backend gave the final answer to, and every attempt.
+        "requests_total": backend.requests.duration_count,
+        "attempts_total": backend.attempts_total,
         "failures_total": backend.failures_total,
         "latency_ewma_ms": round(backend.latency_ewma * 1000.0, 3),
         "health": backend.health,
@@ -63,6 +69,11 @@ def status(
         "queued": pool.queued,
         "backends": [backend_status(b) for b in pool.backends],
     }
+
+
+async def _without_server_header(request: web.Request, response: web.StreamResponse) -> None:
+    """No `Server: Python/... aiohttp/...` on the admin port either (SPEC §4)."""
+    response.headers.popall("Server", None)
 
 
 def make_admin_app(
@@ -104,10 +115,11 @@ def make_admin_app(
             )
         action = request.match_info["action"]
         backend.set_mode(MODES[action])
-        log.warning("backend %s: %s by the admin API", backend.name, MODES[action])
+        log.info("backend %s: %s by the admin API", backend.name, MODES[action])
         return web.json_response(backend_status(backend))
 
     app = web.Application()
+    app.on_response_prepare.append(_without_server_header)
     app.router.add_post("/backends/{name}/{action:drain|disable|enable}", set_mode)
     app.router.add_get("/status", get_status)
     app.router.add_get("/metrics", get_metrics)

@@ -86,6 +86,7 @@ class Backend:
         "_clock",
         "_on_change",
         "_on_slot_freed",
+        "attempts_total",
         "breaker",
         "config",
         "cpu",
@@ -102,7 +103,6 @@ class Backend:
         "name",
         "recovered_at",
         "requests",
-        "requests_total",
         "routable",
         "state",
         "upstream",
@@ -135,7 +135,7 @@ class Backend:
         self.memory: float | None = None
         self.last_check = ""
         self.in_flight = 0
-        self.requests_total = 0
+        self.attempts_total = 0
         self.failures_total = 0
         self.latency_ewma = 0.0
         self.latency_updated_at = float("-inf")
@@ -148,7 +148,7 @@ class Backend:
     def __repr__(self) -> str:
         return (
             f"<Backend {self.name} {self.url} {self.state} weight={self.weight} "
-            f"in_flight={self.in_flight} requests={self.requests_total} "
+            f"in_flight={self.in_flight} requests={self.attempts_total} "
             f"failures={self.failures_total} ewma={self.latency_ewma * 1000:.1f}ms>"
         )
 
@@ -271,7 +271,7 @@ class Attempt:
     ) -> None:
         backend = self.backend
         backend.in_flight -= 1
-        backend.requests_total += 1
+        backend.attempts_total += 1
         if backend._on_slot_freed is not None:
             backend._on_slot_freed()
         failed = self.failed or (isinstance(exc, ProxyError) and exc.backend_failure)

@@ -7,8 +7,11 @@
 pybreaker is synchronous: the completion hook reports each outcome with `record`, which runs
 a no-op through `CircuitBreaker.call` so pybreaker does its own counting and transitions; a
 listener turns each transition into one log line and a rebuild of the candidates snapshot.
-SPEC §2: the breaker and the health checks are independent; an open breaker keeps its
-backend out for reset_timeout whatever the probes say.
+SPEC §2: the breaker counts real requests, the health checks probe. An open breaker keeps its
+backend out until reset_timeout has passed or, sooner, until the health checks have passed
+`rise` times in a row since it opened (a restarted backend is not kept out for a minute, as
+HAProxy's `on-error mark-down` and Envoy's uneject on a passing active check); failing probes
+never shorten it.
 """
 
 from __future__ import annotations
@@ -55,9 +58,13 @@ class Breaker:
         *,
         loop: asyncio.AbstractEventLoop,
         on_change: Callable[[], None],
+        rise: int = 2,
     ) -> None:
         self.name = name
         self.reset_timeout = reset_timeout
+        self.rise = rise  # health_check.rise: passing probes that shorten an open breaker
+        self._passes = 0  # consecutive passing probes since it opened
+        self._opened_at = 0.0
         self._loop = loop
         self._on_change = on_change
         self._timer: asyncio.TimerHandle | None = None
@@ -78,6 +85,30 @@ class Breaker:
         """Whether a new request may go through: closed, or half-open with no trial out."""
         state = self.state
         return state == "closed" or (state == "half_open" and not self.trial_in_flight)
+
+    @property
+    def retry_in_seconds(self) -> float:
+        """While open: the seconds until reset_timeout lets a trial through, else 0."""
+        if self.state != "open":
+            return 0.0
+        left = self._opened_at + self.reset_timeout - self._loop.time()
+        return min(self.reset_timeout, max(left, 0.001))
+
+    def probe_result(self, passed: bool) -> None:
+        """A health check's verdict: `rise` passes in a row since it opened half-open it."""
+        if self.state != "open":
+            return
+        if not passed:
+            self._passes = 0
+            return
+        self._passes += 1
+        if self._passes >= self.rise:
+            log.info(
+                "backend %s: health checks passed %d times since the breaker opened",
+                self.name,
+                self._passes,
+            )
+            self._half_open()
 
     @property
     def consecutive_failures(self) -> int:
@@ -119,7 +150,8 @@ class Breaker:
         self.state = new
         if new == old:
             return
-        log.warning(
+        log.log(
+            logging.WARNING if new == "open" else logging.INFO,
             "backend %s: circuit breaker %s -> %s%s",
             self.name,
             old,
@@ -131,10 +163,14 @@ class Breaker:
             self._timer.cancel()
             self._timer = None
         if new == "open":
+            self._passes = 0
+            self._opened_at = self._loop.time()
             self._timer = self._loop.call_later(self.reset_timeout, self._half_open)
         self._on_change()
 
     def _half_open(self) -> None:
-        self._timer = None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         if self.state == "open":
             self._cb.half_open()

@@ -88,7 +88,7 @@ def run(config: Config) -> int:
             config.workers,
         )
     try:
-        uvloop.run(serve(config))
+        status = uvloop.run(serve(config))
     except UnknownStrategy as exc:
         print(f"{config.source}: strategy: {exc}", file=sys.stderr)
         return EXIT_BAD_CONFIG
@@ -96,5 +96,5 @@ def run(config: Config) -> int:
         print(f"balancer: {exc}", file=sys.stderr)
         return EXIT_FAILURE
     except KeyboardInterrupt:
-        pass
-    return EXIT_OK
+        return EXIT_OK
+    return status

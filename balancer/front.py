@@ -13,7 +13,7 @@ import asyncio
 import logging
 from typing import Any
 
-from aiohttp import web
+from aiohttp import hdrs, web
 from aiohttp.http_exceptions import BadHttpMessage, HttpProcessingError, LineTooLong
 from aiohttp.http_parser import RawRequestMessage
 from aiohttp.streams import EMPTY_PAYLOAD
@@ -50,6 +50,15 @@ def client_address(request: web.BaseRequest) -> str:
     if isinstance(protocol, FrontHandler):
         return protocol.client_ip
     return request.remote or ""
+
+
+class OwnResponse(web.Response):
+    """An answer of the balancer's own, without aiohttp's `Server: Python/... aiohttp/...`
+    (a version disclosure; SPEC §4: no Server header naming a library or version)."""
+
+    async def _prepare_headers(self) -> None:
+        await super()._prepare_headers()
+        self._headers.popall(hdrs.SERVER, None)
 
 
 class HeadTooLarge(BadHttpMessage):
@@ -281,12 +290,12 @@ class FrontHandler(LeanRequestHandler):
         elif exc is not None and not isinstance(exc, HttpProcessingError):
             # Not a parse error: a bug of ours reached aiohttp. Say so loudly.
             log.error("unexpected error on a request from %s", request.remote, exc_info=exc)
-            response = web.Response(status=500, text="500 Internal Server Error\n")
+            response = OwnResponse(status=500, text="500 Internal Server Error\n")
             response.force_close()
             return response
         log.info("refused a request from %s: %s %s", request.remote, status, exc)
         text = f"{status} {_PHRASES.get(status, 'Bad Request')}\n"
-        response = web.Response(status=status, text=text)
+        response = OwnResponse(status=status, text=text)
         response.force_close()
         return response
 
@@ -343,6 +352,13 @@ class FrontServer(web.Server):
         )
         self._limits = limits
         self._timeouts = timeouts
+
+    def cut_all(self) -> None:
+        """A second SIGTERM/SIGINT while draining: cancel every request still in flight."""
+        for handler in self.connections:
+            if isinstance(handler, LeanRequestHandler):
+                handler._cut_handler()
+            handler.force_close()
 
     def __call__(self) -> RequestHandler:
         return FrontHandler(

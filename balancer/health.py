@@ -146,10 +146,13 @@ class HealthChecker:
                 self.failed_probes[backend.name] = self.failed_probes.get(backend.name, 0) + 1
             backend.report_load(result.cpu, result.memory)
             backend.last_check = result.detail
+            if backend.breaker is not None:
+                backend.breaker.probe_result(result.passed)
             verdict = counter.observe(result.passed)
             if verdict is not None:
-                log.warning(
-                    "backend %s is %s: health check %s", backend.name, verdict, result.detail
-                )
+                # Going down is worth a warning; coming back is routine (INFO).
+                level = logging.WARNING if verdict == "unhealthy" else logging.INFO
+                detail = result.detail
+                log.log(level, "backend %s is %s: health check %s", backend.name, verdict, detail)
                 backend.set_health(verdict)
             await asyncio.sleep(config.interval * self._rng.uniform(1 - JITTER, 1 + JITTER))

@@ -17,13 +17,14 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from balancer.backend import DURATION_BUCKETS, RequestStats
+from balancer.backend import DURATION_BUCKETS, STATE, RequestStats
 from balancer.pool import Pool
 from balancer.sticky.store import SessionStore
 
 # The `backend` label of requests answered without one (503: nothing routable).
 NO_BACKEND = "none"
 BREAKER_STATES = {"closed": 0, "half_open": 1, "open": 2}
+BACKEND_STATES = tuple(dict.fromkeys(STATE.values()))  # healthy, unhealthy, draining, disabled
 
 
 class PoolCollector(Collector):
@@ -44,7 +45,19 @@ class PoolCollector(Collector):
             labels=["backend"],
         )
         healthy = GaugeMetricFamily(
-            "balancer_backend_healthy", "1 when the backend is healthy", labels=["backend"]
+            "balancer_backend_healthy",
+            "1 when the health checks pass (whatever the operator's mode and the breaker)",
+            labels=["backend"],
+        )
+        states = GaugeMetricFamily(
+            "balancer_backend_state",
+            "1 for the backend's state (healthy, unhealthy, draining, disabled), 0 for the others",
+            labels=["backend", "state"],
+        )
+        routable = GaugeMetricFamily(
+            "balancer_backend_routable",
+            "1 when the backend would take a new request now",
+            labels=["backend"],
         )
         in_flight = GaugeMetricFamily(
             "balancer_backend_in_flight", "Requests in flight to the backend", labels=["backend"]
@@ -73,10 +86,13 @@ class PoolCollector(Collector):
             name = backend.name
             _add_requests(requests, durations, name, backend.requests)
             healthy.add_metric([name], 1.0 if backend.health == "healthy" else 0.0)
+            for one in BACKEND_STATES:
+                states.add_metric([name, one], 1.0 if backend.state == one else 0.0)
+            routable.add_metric([name], 1.0 if backend.routable and not backend.full else 0.0)
             in_flight.add_metric([name], backend.in_flight)
             state = backend.breaker.state if backend.breaker is not None else "closed"
             breaker.add_metric([name], BREAKER_STATES[state])
-            attempts.add_metric([name], backend.requests_total)
+            attempts.add_metric([name], backend.attempts_total)
             failures.add_metric([name], backend.failures_total)
             latency.add_metric([name], backend.latency_ewma)
         _add_requests(requests, durations, NO_BACKEND, pool.unrouted)
@@ -89,7 +105,7 @@ class PoolCollector(Collector):
         queued = GaugeMetricFamily("balancer_queued_requests", "Requests waiting for a slot")
         queued.add_metric([], pool.queued)
         yield from (requests, durations, healthy, in_flight, breaker, attempts, failures, latency)
-        yield from (sticky, queued)
+        yield from (states, routable, sticky, queued)
 
 
 def _add_requests(

@@ -36,7 +36,7 @@ from balancer.errors import (
     ProxyError,
     StaleConnection,
 )
-from balancer.front import client_address
+from balancer.front import OwnResponse, client_address
 from balancer.headers import (
     content_length,
     origin_form,
@@ -114,6 +114,8 @@ class Proxy:
         self.tunnel_idle_timeout = tunnel_idle_timeout
         self.sticky = sticky
         self.clock = clock
+        # Decided once (ARCHITECTURE: no per-request cost when debug logging is off).
+        self.debug = log.isEnabledFor(logging.DEBUG)
         self.request_key = key_getter(hash_on, hash_name) if needs_key(pool.strategy) else None
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse | Sent:
@@ -157,6 +159,8 @@ class Proxy:
                     backend = pool.pick(tried, key)
                 if backend is None and pool.all_full(tried):
                     backend = await pool.wait_for_slot(tried, key)
+                if self.debug:
+                    _log_decision(method, request.raw_path, pool, backend, tried, plan)
                 if backend is None:
                     # After a failed attempt the answer is that attempt's (SPEC §4).
                     return self._answer_error(
@@ -180,8 +184,14 @@ class Proxy:
                         backend, request, message, head, framing, websocket, started, plan
                     )
                 except ClientGone as exc:
-                    self._finish(backend, exc.status, started)  # 499, as nginx logs it
+                    self._client_gone(method, request.raw_path, backend, started, exc.detail)
                     return Sent(exc.status, keep_alive=False)
+                except asyncio.CancelledError:
+                    # The client went away (aiohttp cancels the handler) or shutdown cut it.
+                    gone = request.transport is None or request.transport.is_closing()
+                    why = "client closed the connection" if gone else "cut at shutdown"
+                    self._client_gone(method, request.raw_path, backend, started, why)
+                    raise
                 except ProxyError as exc:
                     last_error = exc
                     if exc.client_fault:  # the client's (its body): answer and close
@@ -502,6 +512,14 @@ class Proxy:
         self._finish(backend, status, started)
         return Sent(status, keep_alive)
 
+    def _client_gone(
+        self, method: str, path: str, backend: Backend, started: float, why: str
+    ) -> None:
+        """SPEC §4: counted as 499 (nginx's convention) and logged at INFO; the attempt was
+        not the backend's failure (backend.Attempt leaves the breaker alone)."""
+        log.info("499 %s %s via %s: %s", method, path, backend.name, why or "client gone")
+        self._finish(backend, 499, started)
+
     def _finish(self, backend: Backend | None, status: int, started: float) -> None:
         stats = backend.requests if backend is not None else self.pool.unrouted
         stats.record(status, self.clock() - started)
@@ -516,7 +534,7 @@ class Proxy:
             log.warning("no backend available")
         else:
             log.warning("%s: %s", backend.name if backend else "-", error)
-        response = web.Response(status=status, text=f"{status} {_phrase(status)}\n")
+        response = OwnResponse(status=status, text=f"{status} {_phrase(status)}\n")
         if status == 503:
             response.headers["Retry-After"] = self.retry_after
         if close:
@@ -552,6 +570,51 @@ async def _head_or_upload_failure(
             head.cancel()
             with contextlib.suppress(BaseException):
                 await head
+
+
+def _log_decision(
+    method: str,
+    path: str,
+    pool: Pool,
+    backend: Backend | None,
+    tried: list[Backend],
+    plan: StickyPlan | None,
+) -> None:
+    """`--log-level debug`: the pick and why every other backend was not a candidate."""
+    candidates = pool.candidates
+    excluded = []
+    for other in pool.backends:
+        if other is backend:
+            continue
+        if other in tried:
+            reason = "tried"
+        elif other not in candidates:
+            reason = _why_not(other)
+        elif other.full:
+            reason = "full"
+        else:
+            continue
+        excluded.append(f"{other.name}={reason}")
+    pinned = plan.pinned.name if plan is not None and plan.pinned is not None else None
+    log.debug(
+        "route %s %s -> %s%s; excluded: %s",
+        method,
+        path,
+        backend.name if backend is not None else "none",
+        f" (sticky pin {pinned})" if pinned else "",
+        ", ".join(excluded) or "none",
+    )
+
+
+def _why_not(backend: Backend) -> str:
+    """The rule that keeps a backend out of the candidates (SPEC §3's names)."""
+    if backend.state != "healthy":
+        return backend.state  # unhealthy, draining, disabled
+    if backend.weight == 0:
+        return "weight_0"
+    if backend.breaker is not None and not backend.breaker.admits_new:
+        return "breaker_open"
+    return "backup"
 
 
 def _completed(upload: asyncio.Task[None]) -> bool:

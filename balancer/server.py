@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 from aiohttp import web
 
+from balancer import __version__
 from balancer.admin import make_admin_app
 from balancer.backend import Backend
 from balancer.breaker import Breaker
@@ -64,6 +65,7 @@ def build_backend(config: Config, bc: BackendConfig, loop: asyncio.AbstractEvent
         breaker_config.reset_timeout,
         loop=loop,
         on_change=backend.breaker_changed,
+        rise=config.health_check.rise,
     )
     return backend
 
@@ -104,8 +106,9 @@ async def _listen(runner: web.BaseRunner, address: Address, what: str) -> list[s
     return [_url(s.getsockname()) for s in sockets]
 
 
-async def serve(config: Config, *, announce: Callable[[str], None] = print) -> None:
-    """Run until SIGTERM/SIGINT, then shut down gracefully (SPEC §1)."""
+async def serve(config: Config, *, announce: Callable[[str], None] = print) -> int:
+    """Run until SIGTERM/SIGINT, then shut down gracefully (SPEC §1). The exit status: 0, or
+    1 when a second signal cut the requests still in flight."""
     check_parser()
     loop = asyncio.get_running_loop()
     pool = build_pool(config, loop)
@@ -140,13 +143,16 @@ async def serve(config: Config, *, announce: Callable[[str], None] = print) -> N
     await runner.setup()
     await admin_runner.setup()
     try:
-        for url in await _listen(runner, config.listen, "proxy"):
-            announce(f"proxy listening on {url}")
-        for url in await _listen(admin_runner, config.admin.listen, "admin"):
-            announce(f"admin listening on {url}")
+        listeners = [("proxy", url) for url in await _listen(runner, config.listen, "proxy")]
+        listeners += [
+            ("admin", url) for url in await _listen(admin_runner, config.admin.listen, "admin")
+        ]
+        for what, url in listeners:
+            announce(f"{what} listening on {url}")
         for backend in pool.backends:
             announce(f"backend {backend.name} {backend.url} weight {backend.weight}")
         sys.stdout.flush()
+        _log_start(config, store, listeners)
         health.start()
         await _wait_for_stop(loop)
         log.info(
@@ -159,15 +165,61 @@ async def serve(config: Config, *, announce: Callable[[str], None] = print) -> N
         # connections, wait for in-flight handlers up to shutdown_timeout, cancel the rest.
         cut: list[int] = []
         deadline = loop.call_later(config.shutdown_timeout, lambda: cut.append(pool.in_flight))
-        await runner.cleanup()
+        interrupted = await _drain(loop, runner, front, pool)
         deadline.cancel()
-        if cut and cut[0]:
+        if cut and cut[0] and not interrupted:
             log.warning("shutdown_timeout passed: cancelled %d request(s) still in flight", cut[0])
         await health.stop()
         await admin_runner.cleanup()
         await store.close()
         pool.close()
     log.info("stopped")
+    return 1 if interrupted else 0
+
+
+def _log_start(config: Config, store: SessionStore, listeners: list[tuple[str, str]]) -> None:
+    """One block on stderr, in the log format: what this process serves and how."""
+    sticky = config.sticky.mode
+    if sticky != "off":
+        sticky += f" (store {store.kind})"
+    log.info(
+        "balancer %s: strategy %s, sticky %s, workers %d, log level %s",
+        __version__,
+        config.strategy,
+        sticky,
+        config.workers,
+        config.log_level.lower(),
+    )
+    for what, url in listeners:
+        log.info("%s listening on %s", what, url)
+    for backend in config.backends:
+        extra = " (backup)" if backend.backup else ""
+        log.info("backend %s %s weight %d%s", backend.name, backend.url, backend.weight, extra)
+
+
+async def _drain(
+    loop: asyncio.AbstractEventLoop, runner: web.BaseRunner, front: FrontServer, pool: Pool
+) -> bool:
+    """Let in-flight requests finish (runner.cleanup); a second SIGTERM/SIGINT meanwhile cuts
+    them at once (SPEC §1). Returns whether it did."""
+    second = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, second.set)
+    cleanup = asyncio.ensure_future(runner.cleanup())
+    signalled = asyncio.ensure_future(second.wait())
+    try:
+        await asyncio.wait((cleanup, signalled), return_when=asyncio.FIRST_COMPLETED)
+        if cleanup.done():
+            await cleanup
+            return False
+        log.warning("second signal: cutting %d request(s) still in flight", pool.in_flight)
+        front.cut_all()
+        await cleanup
+        return True
+    finally:
+        signalled.cancel()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
 
 
 async def _wait_for_stop(loop: asyncio.AbstractEventLoop) -> None:

@@ -38,7 +38,10 @@ async def test_status_has_the_spec_shape(
             "breaker",
             "in_flight",
             "requests_total",
+            "attempts_total",
             "failures_total",
+            "routable",
+            "breaker_retry_in_seconds",
             "latency_ewma_ms",
         }
         assert all(value is not None for value in backend.values())

@@ -66,7 +66,7 @@ async def test_in_flight_is_counted_inside_the_attempt_only(make_backend: MakeBa
             assert backend.in_flight == 2
         assert backend.in_flight == 1
     assert backend.in_flight == 0
-    assert backend.requests_total == 2
+    assert backend.attempts_total == 2
     assert backend.failures_total == 0
 
 
@@ -92,7 +92,7 @@ async def test_an_error_leaving_the_attempt_is_counted(
         assert backend.in_flight == 1
         raise error
     assert backend.in_flight == 0
-    assert backend.requests_total == 1
+    assert backend.attempts_total == 1
     assert backend.failures_total == int(failure)
 
 
@@ -102,7 +102,7 @@ async def test_a_cancelled_attempt_releases_in_flight_and_is_no_failure(
     backend = make_backend(clock=Clock(0.0))
     with pytest.raises(asyncio.CancelledError), backend.attempt():
         raise asyncio.CancelledError
-    assert (backend.in_flight, backend.requests_total, backend.failures_total) == (0, 1, 0)
+    assert (backend.in_flight, backend.attempts_total, backend.failures_total) == (0, 1, 0)
 
 
 async def test_a_task_cancelled_while_awaiting_inside_the_attempt_releases_it(
@@ -122,14 +122,14 @@ async def test_a_task_cancelled_while_awaiting_inside_the_attempt_releases_it(
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    assert (backend.in_flight, backend.requests_total, backend.failures_total) == (0, 1, 0)
+    assert (backend.in_flight, backend.attempts_total, backend.failures_total) == (0, 1, 0)
 
 
 async def test_attempt_failed_counts_a_failure_without_an_error(make_backend: MakeBackend) -> None:
     backend = make_backend(clock=Clock(0.0))
     with backend.attempt() as attempt:
         attempt.failed = True  # e.g. the backend broke off mid-body, after the head
-    assert (backend.requests_total, backend.failures_total) == (1, 1)
+    assert (backend.attempts_total, backend.failures_total) == (1, 1)
 
 
 @pytest.mark.parametrize(("status", "failure"), [(200, False), (404, False), (503, True)])

@@ -84,7 +84,7 @@ async def test_client_gone_while_the_backend_works(
     assert {s.peer_port for s in backend.seen[1:]}.isdisjoint({backend.seen[0].peer_port})
     status = await backend_status(session, balancer)
     assert status["failures_total"] == 0
-    assert status["requests_total"] == 4
+    assert status["attempts_total"] == 4
     assert status["state"] == "healthy"
     del reader
 
@@ -159,7 +159,7 @@ async def test_client_gone_mid_upload(
     assert {s.peer_port for s in backend.seen[1:]}.isdisjoint({backend.seen[0].peer_port})
     status = await backend_status(session, balancer)
     assert status["failures_total"] == 0
-    assert status["requests_total"] == 4
+    assert status["attempts_total"] == 4
     del reader
 
 

@@ -80,8 +80,9 @@ async def test_failures_show_in_status(
         assert response.status == 200
     status = await (await session.get(balancer.admin_url + "/status")).json()
     dead, alive = status["backends"]
-    assert (dead["failures_total"], dead["requests_total"]) == (1, 1)
-    assert (alive["failures_total"], alive["requests_total"]) == (0, 1)
+    # The dead backend was tried (an attempt, a failure); the live one answered.
+    assert (dead["failures_total"], dead["attempts_total"], dead["requests_total"]) == (1, 1, 0)
+    assert (alive["failures_total"], alive["attempts_total"], alive["requests_total"]) == (0, 1, 1)
     assert dead["in_flight"] == alive["in_flight"] == 0
 
 

@@ -85,10 +85,10 @@ class TestConformance:
         backends = tuple(make_backend(n) for n in "ab")
         pool = Pool(backends, make_strategy("round_robin"))
         backends[0].observe_latency(0.2)
-        backends[0].requests_total = 7
+        backends[0].attempts_total = 7
         pool.strategy = make_strategy(name)
         assert pool.pick(key=b"x") in backends
-        assert backends[0].requests_total == 7 and backends[0].latency_ewma == 0.2
+        assert backends[0].attempts_total == 7 and backends[0].latency_ewma == 0.2
 
 
 async def test_unknown_strategy_lists_the_available_ones() -> None:

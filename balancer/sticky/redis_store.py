@@ -205,5 +205,5 @@ class RedisStore:
                 continue
             self.available = True
             self._reconnect = None
-            log.warning("Redis at %s is back: sticky sessions are shared again", self.url)
+            log.info("Redis at %s is back: sticky sessions are shared again", self.url)
             return
