@@ -16,6 +16,7 @@ from balancer.backend import Backend
 from balancer.breaker import Breaker
 from balancer.config import Address, BackendConfig, Config
 from balancer.front import FrontServer
+from balancer.front_admin import AdminRunner
 from balancer.health import HealthChecker
 from balancer.pool import Pool
 from balancer.proxy import Proxy, RetryBudget
@@ -133,8 +134,11 @@ async def serve(config: Config, *, announce: Callable[[str], None] = print) -> N
     )
     front = FrontServer(proxy.handle, limits=config.limits, timeouts=config.timeouts)
     runner = web.ServerRunner(front, handle_signals=False, shutdown_timeout=config.shutdown_timeout)
-    admin_runner = web.AppRunner(
-        make_admin_app(config, pool, store), handle_signals=False, access_log=None
+    admin_runner = AdminRunner(  # the front's head deadline and limits (SPEC §4)
+        make_admin_app(config, pool, store),
+        limits=config.limits,
+        timeouts=config.timeouts,
+        handle_signals=False,
     )
     health = HealthChecker(pool.backends, config.health_check, loop=loop)
     await runner.setup()

@@ -1,13 +1,17 @@
 """The admin port at the edge, through the real command and raw sockets: cross-origin calls
-(SPEC §3)."""
+(SPEC §3) and the request-head deadline (SPEC §4)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 
+import aiohttp
 import pytest
 
-from support import Balancer, RawResponse, raw_exchange
+from conftest import StartBalancer
+from support import Backend, Balancer, RawResponse, raw_exchange, read_response
 
 
 def admin_address(balancer: Balancer) -> tuple[str, int]:
@@ -101,3 +105,38 @@ async def test_calls_without_origin_and_reads_with_one_pass(balancer: Balancer) 
     )
     assert response.status == 200  # a read changes nothing
     assert json.loads(response.body)["backends"][1]["state"] == "disabled"
+
+
+async def test_admin_head_deadline_cuts_a_slowloris(
+    backends: list[Backend], balancer_factory: StartBalancer, session: aiohttp.ClientSession
+) -> None:
+    """SPEC §4: `timeouts.client_header` bounds the whole head on the admin port too, counted
+    from accept; trickling bytes does not extend it. Past it: 408 and close."""
+    balancer = await balancer_factory([b.url for b in backends], "timeouts:\n  client_header: 1s\n")
+    reader, writer = await asyncio.open_connection(*admin_address(balancer))
+    started = time.monotonic()
+    writer.write(b"GET /status HTTP/1.1\r\nHost: a\r\n")
+
+    async def trickle() -> None:
+        for n in range(100):  # what a slowloris does: a field line now and then
+            writer.write(b"X-%d: y\r\n" % n)
+            await writer.drain()
+            await asyncio.sleep(0.2)
+
+    trickling = asyncio.ensure_future(trickle())
+    try:
+        # Meanwhile the admin port keeps answering.
+        async with session.get(balancer.admin_url + "/status") as answer:
+            assert answer.status == 200
+        response = await read_response(reader, timeout=5)
+        assert response.status == 408
+        assert 0.9 <= time.monotonic() - started < 3
+        assert response.header("Connection") == ["close"]
+        assert "client_header" in json.loads(response.body)["error"]  # admin errors are JSON
+        assert await asyncio.wait_for(reader.read(), 5) == b""  # closed
+        async with session.get(balancer.admin_url + "/status") as answer:
+            assert answer.status == 200
+    finally:
+        trickling.cancel()
+        writer.close()
+
