@@ -87,6 +87,21 @@ async def refuse_foreign_origins(request: web.Request, handler: Handler) -> web.
     return await handler(request)
 
 
+@web.middleware
+async def json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """aiohttp's own refusals (unknown path 404, wrong method 405) as JSON with a message,
+    like every admin error (SPEC §3)."""
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        response = web.json_response({"error": exc.reason}, status=exc.status)
+        if "Allow" in exc.headers:  # a 405 names the methods allowed (RFC 9110 15.5.6)
+            response.headers["Allow"] = exc.headers["Allow"]
+        return response
+
+
 def backend_status(backend: Backend) -> dict[str, Any]:
     return {
         "name": backend.name,
@@ -172,7 +187,8 @@ def make_admin_app(
         log.warning("backend %s: %s by the admin API", backend.name, MODES[action])
         return web.json_response(backend_status(backend))
 
-    app = web.Application(middlewares=[refuse_foreign_origins])  # first: before any token
+    # The Origin check first: before anything else is looked at, a token included (SPEC §3).
+    app = web.Application(middlewares=[refuse_foreign_origins, json_errors])
     app.router.add_post("/backends/{name}/{action:drain|disable|enable}", set_mode)
     app.router.add_get("/status", get_status)
     app.router.add_get("/metrics", get_metrics)

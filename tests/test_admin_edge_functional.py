@@ -140,3 +140,13 @@ async def test_admin_head_deadline_cuts_a_slowloris(
         trickling.cancel()
         writer.close()
 
+
+async def test_admin_errors_are_json(balancer: Balancer) -> None:
+    """SPEC §3: aiohttp's own 404 and 405 too, not its plain-text pages."""
+    missing = await admin_call(balancer, "GET", "/nothing-here", "Host: a")
+    assert missing.status == 404
+    assert json.loads(missing.body)["error"] == "Not Found"
+    wrong = await admin_call(balancer, "POST", "/status", "Host: a")
+    assert wrong.status == 405
+    assert json.loads(wrong.body)["error"] == "Method Not Allowed"
+    assert wrong.header("Allow") == ["GET,HEAD"]
