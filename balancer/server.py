@@ -14,6 +14,7 @@ from balancer.admin import make_admin_app
 from balancer.backend import Backend
 from balancer.breaker import Breaker
 from balancer.config import Address, BackendConfig, Config
+from balancer.fdlimit import raise_fd_limit
 from balancer.front import FrontServer
 from balancer.front_admin import AdminRunner
 from balancer.health import HealthChecker
@@ -118,6 +119,7 @@ async def _listen(
 async def serve(config: Config, *, announce: Callable[[str], None] = print) -> None:
     """Run until SIGTERM/SIGINT, then shut down gracefully (SPEC §1)."""
     check_parser()
+    raise_fd_limit(config.limits.max_connections)
     loop = asyncio.get_running_loop()
     pool = build_pool(config, loop)
     store = make_store(config)
