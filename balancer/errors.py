@@ -89,3 +89,13 @@ class BadRequest(ProxyError):
     def __init__(self, detail: str = "", status: int = 400) -> None:
         super().__init__(detail)
         self.status = status
+
+
+class LocalResourceError(ProxyError):
+    """The balancer itself is out of file descriptors, buffers or memory (EMFILE, ENFILE,
+    ENOBUFS, ENOMEM): the backend was never reached and is not to blame. Counting it against
+    the backend marked healthy backends down when client connections exhausted the fds."""
+
+    status = 503
+    sent = False
+    backend_failure = False

@@ -10,6 +10,7 @@ response, HEAD) it is closed, never reused (Go's CVE-2024-24791 is that bug).
 from __future__ import annotations
 
 import asyncio
+import errno
 import ssl
 from collections import deque
 from collections.abc import Callable
@@ -22,6 +23,7 @@ from balancer.errors import (
     BackendTimeout,
     BadBackendResponse,
     ConnectFailed,
+    LocalResourceError,
     ProxyError,
     StaleConnection,
 )
@@ -29,6 +31,9 @@ from balancer.errors import (
 # Response bytes buffered from a backend before we stop reading it (the client is slower).
 HIGH_WATER = 256 * 1024
 MAX_IDLE_CONNECTIONS = 256
+# A connect that fails with one of these failed in this process (no fd, no buffer, no memory
+# for a socket), not at the backend: never held against its health or breaker.
+LOCAL_RESOURCE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 
 
 class ResponseHead(NamedTuple):
@@ -444,6 +449,10 @@ class UpstreamPool:
                 f"no connection to {self.address} within {self.connect_timeout:g}s"
             ) from None
         except OSError as exc:
+            if exc.errno in LOCAL_RESOURCE_ERRNOS:
+                raise LocalResourceError(
+                    f"no connection to {self.address}: {exc.strerror or exc} (in the balancer)"
+                ) from None
             raise ConnectFailed(
                 f"cannot connect to {self.address}: {exc.strerror or exc}"
             ) from None
