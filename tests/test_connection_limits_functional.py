@@ -122,3 +122,14 @@ async def admin_backends(admin: Connection) -> list[tuple[str, str]]:
     await writer.drain()
     status = json.loads((await read_response(reader, timeout=5)).body)
     return [(b["state"], b["breaker"]) for b in status["backends"]]
+
+
+async def test_the_soft_fd_limit_is_raised_to_the_hard_one(
+    backends: list[Backend], balancer_factory: StartBalancer
+) -> None:
+    def soft_64_hard_4096() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (64, 4096))
+
+    balancer = await balancer_factory([b.url for b in backends], preexec_fn=soft_64_hard_4096)
+    await eventually(lambda: "RLIMIT_NOFILE soft 64 -> 4096 (hard 4096)" in balancer.stderr())
+    assert resource.prlimit(balancer.process.pid, resource.RLIMIT_NOFILE) == (4096, 4096)
