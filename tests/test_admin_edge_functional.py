@@ -150,3 +150,17 @@ async def test_admin_errors_are_json(balancer: Balancer) -> None:
     assert wrong.status == 405
     assert json.loads(wrong.body)["error"] == "Method Not Allowed"
     assert wrong.header("Allow") == ["GET,HEAD"]
+
+
+async def test_malformed_admin_requests_are_refused_in_json(balancer: Balancer) -> None:
+    """The front's parser refusals, answered as JSON on the admin port (SPEC §3)."""
+    response = await raw_exchange(
+        admin_address(balancer), b"GET /status HTTP/1.1\r\nHost: a\r\nno colon here\r\n\r\n"
+    )
+    assert response.status == 400
+    assert response.header("Content-Type")[0].startswith("application/json")
+    assert json.loads(response.body)["error"] == "400 Bad Request"
+    long_line = b"GET /" + b"x" * 9000 + b" HTTP/1.1\r\nHost: a\r\n\r\n"
+    response = await raw_exchange(admin_address(balancer), long_line)
+    assert response.status == 414  # limits.max_request_line, as on the proxy port
+    assert json.loads(response.body)["error"] == "414 URI Too Long"
