@@ -161,15 +161,19 @@ class AcceptLoop(asyncio.AbstractServer):
 
 class CappedSite(web.BaseSite):
     """An aiohttp site over listening sockets, served by an `AcceptLoop`: aiohttp's
-    `SockSite` with the cap. Plain HTTP only: a TLS handshake awaited in the accept loop would
-    let one slow client stall accepting (hand it to a task per connection first)."""
+    `SockSite` with the cap. The runner's cleanup stops it as it stops any site (it closes
+    `_server`, the one attribute of BaseSite a subclass sets). Plain HTTP only: a TLS
+    handshake awaited in the accept loop would let one slow client stall accepting (hand it to
+    a task per connection first)."""
 
-    __slots__ = ("_gate", "_sockets")
+    __slots__ = ("_gate", "_protocol_factory", "_sockets")
 
     def __init__(
         self, runner: web.BaseRunner, sockets: list[socket.socket], gate: ConnectionGate
     ) -> None:
-        super().__init__(runner)
+        super().__init__(runner)  # it checks that the runner is set up
+        assert runner.server is not None
+        self._protocol_factory: Callable[[], asyncio.BaseProtocol] = runner.server
         self._sockets = sockets
         self._gate = gate
 
@@ -180,11 +184,10 @@ class CappedSite(web.BaseSite):
 
     async def start(self) -> None:
         await super().start()
-        server = self._runner.server
-        assert server is not None
         for sock in self._sockets:
             sock.setblocking(False)
-        self._server = AcceptLoop(asyncio.get_running_loop(), self._sockets, server, self._gate)
+        loop = asyncio.get_running_loop()
+        self._server = AcceptLoop(loop, self._sockets, self._protocol_factory, self._gate)
 
 
 async def bind(host: str, port: int, *, backlog: int) -> list[socket.socket]:
