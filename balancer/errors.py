@@ -6,6 +6,12 @@ turns them into a response by reading `status` and decides on a retry by reading
 
 from __future__ import annotations
 
+import errno
+
+#: What the balancer itself can run out of (fds, buffers, memory): a socket call failing with
+#: one of these failed in this process, not at the peer.
+LOCAL_RESOURCE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+
 
 class ProxyError(Exception):
     """A request the proxy could not complete; `status` is what the client gets."""

@@ -13,17 +13,16 @@ own server would log every time, uvloop's accepts and drops the connection).
 from __future__ import annotations
 
 import asyncio
-import errno
 import logging
 import socket
 from collections.abc import Callable
 
 from aiohttp import web
 
+from balancer.errors import LOCAL_RESOURCE_ERRNOS
+
 log = logging.getLogger("balancer.listener")
 
-#: The process is out of something: retry later, never stop accepting for good.
-RESOURCE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 RESOURCE_BACKOFF = 0.1  # seconds; a closed connection frees its fd well within it
 
 
@@ -117,7 +116,7 @@ class AcceptLoop(asyncio.AbstractServer):
                     await readable.wait()
                     continue
                 except OSError as exc:
-                    if exc.errno not in RESOURCE_ERRNOS:
+                    if exc.errno not in LOCAL_RESOURCE_ERRNOS:
                         # ECONNABORTED and the like: that connection is gone, the next is not.
                         log.debug("accept failed: %s", exc)
                         continue

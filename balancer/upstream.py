@@ -10,7 +10,6 @@ response, HEAD) it is closed, never reused (Go's CVE-2024-24791 is that bug).
 from __future__ import annotations
 
 import asyncio
-import errno
 import ssl
 from collections import deque
 from collections.abc import Callable
@@ -19,6 +18,7 @@ from typing import NamedTuple
 import httptools
 
 from balancer.errors import (
+    LOCAL_RESOURCE_ERRNOS,
     BackendDropped,
     BackendTimeout,
     BadBackendResponse,
@@ -31,9 +31,6 @@ from balancer.errors import (
 # Response bytes buffered from a backend before we stop reading it (the client is slower).
 HIGH_WATER = 256 * 1024
 MAX_IDLE_CONNECTIONS = 256
-# A connect that fails with one of these failed in this process (no fd, no buffer, no memory
-# for a socket), not at the backend: never held against its health or breaker.
-LOCAL_RESOURCE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 
 
 class ResponseHead(NamedTuple):
@@ -450,6 +447,8 @@ class UpstreamPool:
             ) from None
         except OSError as exc:
             if exc.errno in LOCAL_RESOURCE_ERRNOS:
+                # The balancer's own exhaustion: never held against the backend's health or
+                # breaker (19.7k idle clients once marked every healthy backend down).
                 raise LocalResourceError(
                     f"no connection to {self.address}: {exc.strerror or exc} (in the balancer)"
                 ) from None
