@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
@@ -20,6 +20,86 @@ from balancer.sticky.store import SessionStore
 log = logging.getLogger("balancer.admin")
 
 MODES: dict[str, Mode] = {"drain": "draining", "disable": "disabled", "enable": "enabled"}
+
+# RFC 9110 9.2.1: the methods that change nothing. Any other method from a foreign origin is
+# refused (SPEC §3 names POST, PUT and DELETE; PATCH and the rest are no safer).
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _origin_parts(origin: str) -> tuple[str, str, str] | None:
+    """(scheme, host, port) of an RFC 6454 §6.2 serialised origin, scheme and host lowered,
+    the port as written; None for anything else (`null`, a path, userinfo)."""
+    scheme, sep, authority = origin.partition("://")
+    if not sep or not scheme or any(c in authority for c in "/?#@\\ "):
+        return None
+    host_port = _host_port(authority)
+    return None if host_port is None else (scheme.lower(), *host_port)
+
+
+def _host_port(authority: str) -> tuple[str, str] | None:
+    """(host lowered, ":port" as written or ""), None when there is no host."""
+    if authority.startswith("["):  # an IPv6 literal (RFC 3986 3.2.2)
+        end = authority.find("]") + 1
+        host, rest = authority[:end], authority[end:]
+        if not end or (rest and not rest.startswith(":")):
+            return None
+    else:
+        host, colon, port = authority.partition(":")
+        rest = colon + port
+    return (host.lower(), rest) if host else None
+
+
+def same_origin(request: web.BaseRequest) -> bool:
+    """Whether the request's one `Origin` is the admin's own: its scheme followed by the
+    request's own `Host` (SPEC §3), so the dashboard passes however the port was reached.
+    Scheme and host compare case-insensitively (RFC 6454 §6.2 lowers them), the port exactly;
+    several Origin or Host fields, `null` or a missing Host are another origin."""
+    origins = request.headers.getall("Origin")
+    hosts = request.headers.getall("Host", [])
+    if len(origins) != 1 or len(hosts) != 1 or not hosts[0]:
+        return False
+    theirs = _origin_parts(origins[0])
+    ours = _host_port(hosts[0])
+    return theirs is not None and ours is not None and theirs == (request.scheme, *ours)
+
+
+@web.middleware
+async def refuse_foreign_origins(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """A page on another site must not drain a backend through the visitor's browser (a
+    cross-site POST needs no CORS preflight): a state-changing call that carries a foreign
+    `Origin` is refused before anything else is looked at (SPEC §3). A call without `Origin`
+    (curl, scripts) is not a browser's and passes."""
+    if request.method not in SAFE_METHODS and "Origin" in request.headers:
+        if not same_origin(request):
+            log.warning(
+                "refused %s %s from origin %r (host %r)",
+                request.method,
+                request.path,
+                ",".join(request.headers.getall("Origin")),
+                request.headers.get("Host"),  # not request.host: it may resolve a name
+            )
+            return web.json_response(
+                {"error": "cross-origin request refused: Origin is not this admin API's"},
+                status=403,
+            )
+    return await handler(request)
+
+
+@web.middleware
+async def json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """aiohttp's own refusals (unknown path 404, wrong method 405) as JSON with a message,
+    like every admin error (SPEC §3)."""
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        response = web.json_response({"error": exc.reason}, status=exc.status)
+        if "Allow" in exc.headers:  # a 405 names the methods allowed (RFC 9110 15.5.6)
+            response.headers["Allow"] = exc.headers["Allow"]
+        return response
 
 
 def backend_status(backend: Backend) -> dict[str, Any]:
@@ -118,7 +198,8 @@ def make_admin_app(
         log.info("backend %s: %s by the admin API", backend.name, MODES[action])
         return web.json_response(backend_status(backend))
 
-    app = web.Application()
+    # The Origin check first: before anything else is looked at, a token included (SPEC §3).
+    app = web.Application(middlewares=[refuse_foreign_origins, json_errors])
     app.on_response_prepare.append(_without_server_header)
     app.router.add_post("/backends/{name}/{action:drain|disable|enable}", set_mode)
     app.router.add_get("/status", get_status)

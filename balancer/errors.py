@@ -6,6 +6,12 @@ turns them into a response by reading `status` and decides on a retry by reading
 
 from __future__ import annotations
 
+import errno
+
+#: What the balancer itself can run out of (fds, buffers, memory): a socket call failing with
+#: one of these failed in this process, not at the peer.
+LOCAL_RESOURCE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+
 
 class ProxyError(Exception):
     """A request the proxy could not complete; `status` is what the client gets."""
@@ -89,3 +95,13 @@ class BadRequest(ProxyError):
     def __init__(self, detail: str = "", status: int = 400) -> None:
         super().__init__(detail)
         self.status = status
+
+
+class LocalResourceError(ProxyError):
+    """The balancer itself is out of file descriptors, buffers or memory (EMFILE, ENFILE,
+    ENOBUFS, ENOMEM): the backend was never reached and is not to blame. Counting it against
+    the backend marked healthy backends down when client connections exhausted the fds."""
+
+    status = 503
+    sent = False
+    backend_failure = False

@@ -22,6 +22,7 @@ from aiohttp.web_protocol import RequestHandler, _ErrInfo
 from balancer import front_mend
 from balancer.config import LimitsConfig, TimeoutsConfig
 from balancer.front_loop import LeanRequestHandler
+from balancer.listener import ConnectionGate
 
 log = logging.getLogger("balancer.front")
 
@@ -335,7 +336,13 @@ class FrontServer(web.Server):
     """aiohttp's low-level server, making `FrontHandler`s."""
 
     def __init__(
-        self, handler: Any, *, limits: LimitsConfig, timeouts: TimeoutsConfig, **kwargs: Any
+        self,
+        handler: Any,
+        *,
+        limits: LimitsConfig,
+        timeouts: TimeoutsConfig,
+        gate: ConnectionGate | None = None,
+        **kwargs: Any,
     ) -> None:
         super().__init__(
             handler,
@@ -352,6 +359,17 @@ class FrontServer(web.Server):
         )
         self._limits = limits
         self._timeouts = timeouts
+        self._gate = gate
+
+    def connection_made(self, handler: RequestHandler, transport: asyncio.Transport) -> None:
+        super().connection_made(handler, transport)
+        if self._gate is not None:
+            self._gate.opened()  # limits.max_connections (SPEC §7)
+
+    def connection_lost(self, handler: RequestHandler, exc: BaseException | None = None) -> None:
+        super().connection_lost(handler, exc)
+        if self._gate is not None:
+            self._gate.closed()
 
     def cut_all(self) -> None:
         """A second SIGTERM/SIGINT while draining: cancel every request still in flight."""

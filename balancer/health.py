@@ -6,7 +6,8 @@ The first probe runs at once; later ones are spread by +-10% jitter so that many
 not probe in step. A probe is `GET health_check.path` with the backend's `host:port` as Host;
 2xx and 3xx pass. Its body or an X-Backend-Load header reports the backend's load (load.py).
 A probe that raises anything, the balancer's own exceptions included, is a failed probe: the
-loop never dies (SPEC §2).
+loop never dies (SPEC §2). One exception: a probe the balancer could not make for lack of its
+own resources (LocalResourceError: no fd for the socket) is skipped, neither passed nor failed.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from dataclasses import dataclass
 
 from balancer.backend import Backend, Health
 from balancer.config import HealthCheckConfig
-from balancer.errors import ProxyError
+from balancer.errors import LocalResourceError, ProxyError
 from balancer.load import parse_load
 from balancer.upstream import UpstreamPool
 
@@ -55,6 +56,8 @@ class ProbeResult:
     detail: str
     cpu: float | None = None
     memory: float | None = None
+    #: Neither a pass nor a failure: the probe could not be made (LocalResourceError).
+    skipped: bool = False
 
 
 async def probe(pool: UpstreamPool, path: str, deadline: float) -> ProbeResult:
@@ -73,6 +76,11 @@ async def probe(pool: UpstreamPool, path: str, deadline: float) -> ProbeResult:
                 body += chunk
     except TimeoutError:
         return ProbeResult(False, f"no answer within {deadline:g}s")
+    except LocalResourceError as exc:
+        # The balancer's own exhaustion (no fd for the socket) says nothing of the backend:
+        # counting it marked every healthy backend down when client connections used up the
+        # fds. The probe is skipped, neither passed nor failed.
+        return ProbeResult(False, f"skipped: {exc.detail}", skipped=True)
     except ProxyError as exc:
         return ProbeResult(False, exc.detail or str(exc))
     finally:
@@ -130,6 +138,7 @@ class HealthChecker:
         )
         counter = RiseFall(config.rise, config.fall, healthy=backend.health == "healthy")
         last_error = ""
+        skipping = False  # logged at warning once a run of skipped probes starts
         while True:
             try:
                 result = await probe(pool, config.path, config.timeout)
@@ -142,13 +151,17 @@ class HealthChecker:
                     last_error = result.detail
             else:
                 last_error = ""
-            if not result.passed:
+            if not result.passed and not result.skipped:
                 self.failed_probes[backend.name] = self.failed_probes.get(backend.name, 0) + 1
             backend.report_load(result.cpu, result.memory)
             backend.last_check = result.detail
-            if backend.breaker is not None:
+            if result.skipped:
+                level = logging.DEBUG if skipping else logging.WARNING
+                log.log(level, "health check of %s %s", backend.name, result.detail)
+            skipping = result.skipped
+            if backend.breaker is not None and not result.skipped:
                 backend.breaker.probe_result(result.passed)
-            verdict = counter.observe(result.passed)
+            verdict = None if result.skipped else counter.observe(result.passed)
             if verdict is not None:
                 # Going down is worth a warning; coming back is routine (INFO).
                 level = logging.WARNING if verdict == "unhealthy" else logging.INFO

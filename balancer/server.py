@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-import socket
 import sys
 from collections.abc import Callable
 
@@ -16,8 +15,11 @@ from balancer.admin import make_admin_app
 from balancer.backend import Backend
 from balancer.breaker import Breaker
 from balancer.config import Address, BackendConfig, Config
+from balancer.fdlimit import raise_fd_limit
 from balancer.front import FrontServer
+from balancer.front_admin import AdminRunner
 from balancer.health import HealthChecker
+from balancer.listener import CappedSite, ConnectionGate, bind
 from balancer.pool import Pool
 from balancer.proxy import Proxy, RetryBudget
 from balancer.sticky import Sticky
@@ -28,6 +30,8 @@ from balancer.strategies import make_strategy
 from balancer.upstream import UpstreamPool
 
 log = logging.getLogger("balancer")
+
+BACKLOG = 1024  # where connections past limits.max_connections wait (SPEC §7)
 
 
 class StartupError(Exception):
@@ -93,23 +97,32 @@ def _url(sockname: tuple[str, int] | tuple[str, int, int, int]) -> str:
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
-async def _listen(runner: web.BaseRunner, address: Address, what: str) -> list[str]:
-    site = web.TCPSite(runner, address.host, address.port, reuse_address=True, backlog=1024)
+async def _listen(
+    runner: web.BaseRunner, address: Address, what: str, gate: ConnectionGate | None = None
+) -> list[str]:
+    """Listen on `address`; with a gate, through our own accept loop, which holds connections
+    past limits.max_connections in the backlog (SPEC §7)."""
     try:
+        if gate is not None:
+            sockets = await bind(address.host, address.port, backlog=BACKLOG)
+            site: web.BaseSite = CappedSite(runner, sockets, gate)
+        else:
+            site = web.TCPSite(
+                runner, address.host, address.port, reuse_address=True, backlog=BACKLOG
+            )
         await site.start()
     except OSError as exc:
         raise StartupError(
             f"cannot listen on {address.host}:{address.port} ({what}): {exc.strerror or exc}"
         ) from None
-    server = site._server
-    sockets: list[socket.socket] = list(getattr(server, "sockets", None) or [])
-    return [_url(s.getsockname()) for s in sockets]
+    return [_url(sockname) for sockname in runner.addresses]
 
 
 async def serve(config: Config, *, announce: Callable[[str], None] = print) -> int:
     """Run until SIGTERM/SIGINT, then shut down gracefully (SPEC §1). The exit status: 0, or
     1 when a second signal cut the requests still in flight."""
     check_parser()
+    raise_fd_limit(config.limits.max_connections)
     loop = asyncio.get_running_loop()
     pool = build_pool(config, loop)
     store = make_store(config)
@@ -134,16 +147,22 @@ async def serve(config: Config, *, announce: Callable[[str], None] = print) -> i
         hash_name=config.hash.name,
         sticky=sticky,
     )
-    front = FrontServer(proxy.handle, limits=config.limits, timeouts=config.timeouts)
+    gate = ConnectionGate(config.limits.max_connections)
+    front = FrontServer(proxy.handle, limits=config.limits, timeouts=config.timeouts, gate=gate)
     runner = web.ServerRunner(front, handle_signals=False, shutdown_timeout=config.shutdown_timeout)
-    admin_runner = web.AppRunner(
-        make_admin_app(config, pool, store), handle_signals=False, access_log=None
+    admin_runner = AdminRunner(  # the front's head deadline and limits (SPEC §4)
+        make_admin_app(config, pool, store),
+        limits=config.limits,
+        timeouts=config.timeouts,
+        handle_signals=False,
     )
     health = HealthChecker(pool.backends, config.health_check, loop=loop)
     await runner.setup()
     await admin_runner.setup()
     try:
-        listeners = [("proxy", url) for url in await _listen(runner, config.listen, "proxy")]
+        listeners = [
+            ("proxy", url) for url in await _listen(runner, config.listen, "proxy", gate)
+        ]
         listeners += [
             ("admin", url) for url in await _listen(admin_runner, config.admin.listen, "admin")
         ]

@@ -18,10 +18,12 @@ from typing import NamedTuple
 import httptools
 
 from balancer.errors import (
+    LOCAL_RESOURCE_ERRNOS,
     BackendDropped,
     BackendTimeout,
     BadBackendResponse,
     ConnectFailed,
+    LocalResourceError,
     ProxyError,
     StaleConnection,
 )
@@ -444,6 +446,12 @@ class UpstreamPool:
                 f"no connection to {self.address} within {self.connect_timeout:g}s"
             ) from None
         except OSError as exc:
+            if exc.errno in LOCAL_RESOURCE_ERRNOS:
+                # The balancer's own exhaustion: never held against the backend's health or
+                # breaker (19.7k idle clients once marked every healthy backend down).
+                raise LocalResourceError(
+                    f"no connection to {self.address}: {exc.strerror or exc} (in the balancer)"
+                ) from None
             raise ConnectFailed(
                 f"cannot connect to {self.address}: {exc.strerror or exc}"
             ) from None

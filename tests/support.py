@@ -286,7 +286,10 @@ async def start_balancer(
     *,
     config_text: str | None = None,
     env: dict[str, str] | None = None,
+    preexec_fn: Callable[[], None] | None = None,
 ) -> Balancer:
+    """The real command on `tmp_path`/balancer.yaml; `preexec_fn` runs in the child before it
+    starts (to set an rlimit, say)."""
     config = tmp_path / "balancer.yaml"
     config.write_text(config_text if config_text is not None else config_yaml(backends, extra))
     stderr_path = tmp_path / "balancer.stderr"
@@ -298,6 +301,7 @@ async def start_balancer(
         stdout=asyncio.subprocess.PIPE,
         stderr=stderr,
         env={**os.environ, **(env or {})},
+        preexec_fn=preexec_fn,
     )
     stderr.close()
     lines: list[str] = []
