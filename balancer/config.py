@@ -94,6 +94,16 @@ def _describe(value: Any) -> str:
     return repr(value)
 
 
+def _quoted(value: Any, *kinds: str) -> str:
+    """`_describe`, but a string that YAML would read as one of `kinds` (int, float, bool)
+    without its quotes is named as such: quoting a number is the likely mistake."""
+    if isinstance(value, str):
+        tag = yaml.resolver.Resolver().resolve(yaml.ScalarNode, value, (True, False))  # type: ignore[no-untyped-call]
+        if tag.rpartition(":")[2] in kinds:
+            return f"the string {value!r} (remove the quotes)"
+    return _describe(value)
+
+
 def _suggest(word: str, choices: list[str]) -> str:
     close = difflib.get_close_matches(word, choices, n=1)
     return f"; did you mean '{close[0]}'?" if close else ""
@@ -102,7 +112,7 @@ def _suggest(word: str, choices: list[str]) -> str:
 def _integer(minimum: int) -> Callable[[Any], int]:
     def check(value: Any) -> int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ValueError(f"expected a whole number, got {_describe(value)}")
+            raise ValueError(f"expected a whole number, got {_quoted(value, 'int')}")
         if value < minimum:
             raise ValueError(f"must be at least {minimum}, got {value}")
         return value
@@ -113,7 +123,7 @@ def _integer(minimum: int) -> Callable[[Any], int]:
 def _number(low: float, high: float | None = None) -> Callable[[Any], float]:
     def check(value: Any) -> float:
         if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ValueError(f"expected a number, got {_describe(value)}")
+            raise ValueError(f"expected a number, got {_quoted(value, 'int', 'float')}")
         if not math.isfinite(value) or value < low or (high is not None and value > high):
             allowed = f">= {low:g}" if high is None else f"between {low:g} and {high:g}"
             raise ValueError(f"must be {allowed}, got {value:g}")
@@ -157,17 +167,24 @@ def _text(value: Any) -> str:
 
 def _boolean(value: Any) -> bool:
     if not isinstance(value, bool):
-        raise ValueError(f"expected true or false, got {_describe(value)}")
+        raise ValueError(f"expected true or false, got {_quoted(value, 'bool')}")
     return value
 
 
-def _choice(noun: str, names: tuple[str, ...]) -> Callable[[Any], str]:
+def _choice(noun: str, names: tuple[str, ...], key: str) -> Callable[[Any], str]:
+    """One of `names`; a list of one (`strategy: [weighted]`) is shown how to write it as `key`."""
+
     def check(value: Any) -> str:
         if value in names:
             return str(value)
-        hint = _suggest(value, list(names)) if isinstance(value, str) else ""
-        shown = repr(value) if isinstance(value, str) else _describe(value)
-        raise ValueError(f"unknown {noun} {shown} (valid: {', '.join(names)}){hint}")
+        valid = f"(valid: {', '.join(names)})"
+        if isinstance(value, str):
+            raise ValueError(f"unknown {noun} {value!r} {valid}{_suggest(value, list(names))}")
+        if not isinstance(value, list):
+            raise ValueError(f"expected a {noun} name, got {_describe(value)} {valid}")
+        shown = f"[{', '.join(str(item) for item in value)}]"
+        fix = f"; write {key}: {value[0]}" if len(value) == 1 and value[0] in names else f" {valid}"
+        raise ValueError(f"expected a {noun} name, got a list ({shown}){fix}")
 
     return check
 
@@ -260,20 +277,24 @@ def _workers(value: Any) -> int:
     if value == "auto":
         return os.cpu_count() or 1
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"expected a number >= 1 or 'auto', got {_describe(value)}")
+        raise ValueError(f"expected a number >= 1 or 'auto', got {_quoted(value, 'int')}")
     return value
 
 
 def _log_level(value: Any) -> str:
     names = tuple(name.lower() for name in LOG_LEVELS)
-    return _choice("log level", names)(_text(value).lower()).upper()
+    if isinstance(value, list):
+        value = [item.lower() if isinstance(item, str) else item for item in value]
+    return _choice("log level", names, "log_level")(
+        value.lower() if isinstance(value, str) else value
+    ).upper()
 
 
-_strategy = _choice("strategy", STRATEGY_NAMES)
+_strategy = _choice("strategy", STRATEGY_NAMES, "strategy")
 
 
 # Read as text (see `_value`), `mode: off` is "off" although YAML 1.1 would make it false.
-_sticky_mode = _choice("sticky mode", STICKY_MODES)
+_sticky_mode = _choice("sticky mode", STICKY_MODES, "mode")
 
 
 def _redis_url(value: Any) -> str | None:
@@ -481,7 +502,7 @@ class AdminConfig:
 
 @dataclass(frozen=True, slots=True)
 class HashConfig:
-    on: str = field(default="ip", metadata=_text_rule(_choice("hash source", HASH_SOURCES)))
+    on: str = field(default="ip", metadata=_text_rule(_choice("hash source", HASH_SOURCES, "on")))
     name: str | None = field(default=None, metadata=_text_rule(_optional_token))
 
 
