@@ -10,6 +10,8 @@ import sys
 
 from balancer import __version__
 from balancer.config import LOG_LEVELS, Config, ConfigError, load_config, summary
+from balancer.config_warnings import config_warnings
+from balancer.inactive import inactive
 
 EXIT_OK, EXIT_FAILURE, EXIT_BAD_CONFIG = 0, 1, 2
 
@@ -65,6 +67,8 @@ def main(argv: list[str] | None = None) -> int:
         print(exc, file=sys.stderr)
         return EXIT_BAD_CONFIG
     if args.check:
+        for warning in config_warnings(config):
+            print(f"warning: {warning.render(config.source)}", file=sys.stderr)
         print(summary(config))
         print(f"{path}: configuration is valid")
         return EXIT_OK
@@ -82,11 +86,11 @@ def run(config: Config) -> int:
         level=config.log_level,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    if config.workers > 1:
-        logging.getLogger("balancer").warning(
-            "workers: %d asked, but several workers are not available yet; running one",
-            config.workers,
-        )
+    log = logging.getLogger("balancer.config")
+    for entry in inactive(config):
+        log.warning("%s", entry.notice)
+    for warning in config_warnings(config):
+        log.warning("%s", warning.render(config.source))
     try:
         uvloop.run(serve(config))
     except UnknownStrategy as exc:

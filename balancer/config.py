@@ -19,6 +19,7 @@ import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
@@ -27,6 +28,7 @@ import yaml
 from balancer.durations import format_duration, format_size
 from balancer.durations import parse_duration as parse_duration  # re-exported: the public API
 from balancer.durations import parse_size as parse_size
+from balancer.inactive import inactive
 
 STRATEGY_NAMES: tuple[str, ...] = (
     "round_robin",
@@ -327,6 +329,7 @@ _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 class _Walk:
     env: Mapping[str, str]
     problems: list[Problem] = field(default_factory=list)
+    lines: dict[str, int] = field(default_factory=dict)  # key path -> line, for Config.lines
 
     def problem(self, path: str, message: str, node: yaml.Node | None) -> None:
         line = node.start_mark.line + 1 if node is not None else None
@@ -373,6 +376,7 @@ def _fields(walk: _Walk, node: yaml.Node, path: str, table: Mapping[str, Convert
             walk.problem(path, f"unknown key '{key}'{hint}", key_node)
             continue
         out.nodes[key] = value_node
+        walk.lines[_join(path, key)] = value_node.start_mark.line + 1
         value = table[key](walk, value_node, _join(path, key))
         if value is not _BAD:
             out.values[key] = value
@@ -769,6 +773,8 @@ class Config:
     cache: CacheConfig = field(default_factory=CacheConfig)
     compression: CompressionConfig = field(default_factory=CompressionConfig)
     source: str = "<string>"  # the file it was read from
+    # Where the file sets each key (key path -> line), for the warnings that point at one.
+    lines: Mapping[str, int] = field(default_factory=dict, compare=False, repr=False)
 
 
 # --- the public functions -----------------------------------------------------------------
@@ -798,7 +804,7 @@ def parse_config(
         walk.problem("backends", "at least one backend is required", None)
     if walk.problems:
         raise ConfigError(tuple(walk.problems), source)
-    return Config(**fields.values, source=source)
+    return Config(**fields.values, source=source, lines=MappingProxyType(walk.lines))
 
 
 def _yaml_message(exc: yaml.YAMLError) -> str:
@@ -820,16 +826,19 @@ def load_config(path: str | os.PathLike[str], env: Mapping[str, str] | None = No
 
 
 def summary(config: Config) -> str:
-    """A few lines for `balancer --check`: where it listens, how it picks, the backends."""
+    """A few lines for `balancer --check`: where it listens, how it picks, the backends, and
+    the keys set that nothing acts on yet (a feature is claimed only once it leaves that list)."""
     sticky = config.sticky.mode
     if sticky != "off":
         redis = config.redis.url and re.sub(r"//[^@/]*@", "//***@", config.redis.url)
         sticky += f" (store: {f'redis {redis}' if redis else 'memory'})"
     t, check, budget = config.timeouts, config.health_check, config.retry_budget
-    token = "token required" if config.admin.token else "no token"
+    pending = inactive(config)
+    keys = {entry.key for entry in pending}
+    token = " (token required)" if config.admin.token else " (no token)"
     lines = [
         f"listen {config.listen}, workers {config.workers}, log level {config.log_level}",
-        f"admin {config.admin.listen} ({token})",
+        f"admin {config.admin.listen}{'' if 'admin.token' in keys else token}",
         f"strategy {config.strategy}, sticky {sticky}",
         f"backends ({len(config.backends)}):",
         *(f"  {b.name}  {b.url}  weight {b.weight}" for b in config.backends),
@@ -839,8 +848,9 @@ def summary(config: Config) -> str:
         f"client idle {format_duration(t.client_idle)}",
         f"retries {config.retries} (budget {budget.percent:g}%, at least {budget.min_concurrency})",
     ]
-    if config.cache.enabled:
+    if config.cache.enabled and "cache" not in keys:
         lines.append(f"cache on, {format_size(config.cache.max_memory)} in memory")
-    if config.compression.enabled:
+    if config.compression.enabled and "compression" not in keys:
         lines.append(f"compression on, from {format_size(config.compression.min_size)}")
+    lines.extend(entry.notice for entry in pending)
     return "\n".join(lines)
