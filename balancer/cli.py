@@ -14,6 +14,11 @@ from balancer.config_warnings import config_warnings
 from balancer.inactive import inactive
 
 EXIT_OK, EXIT_FAILURE, EXIT_BAD_CONFIG = 0, 1, 2
+DEFAULT_CONFIG = "balancer.yaml"
+NO_CONFIG = (
+    "balancer: no configuration file: pass one with -c FILE or set $BALANCER_CONFIG "
+    f"(there is no ./{DEFAULT_CONFIG} either)"
+)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -56,7 +61,10 @@ def _apply_overrides(config: Config, args: argparse.Namespace) -> Config:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    path = args.config or os.environ.get("BALANCER_CONFIG") or "balancer.yaml"
+    path = args.config or os.environ.get("BALANCER_CONFIG") or DEFAULT_CONFIG
+    if not (args.config or os.environ.get("BALANCER_CONFIG") or os.path.exists(DEFAULT_CONFIG)):
+        print(NO_CONFIG, file=sys.stderr)
+        return EXIT_BAD_CONFIG
     try:
         config = _apply_overrides(load_config(path), args)
     except ConfigError as exc:
