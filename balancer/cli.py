@@ -10,8 +10,15 @@ import sys
 
 from balancer import __version__
 from balancer.config import LOG_LEVELS, Config, ConfigError, load_config, summary
+from balancer.config_warnings import config_warnings
+from balancer.inactive import inactive
 
 EXIT_OK, EXIT_FAILURE, EXIT_BAD_CONFIG = 0, 1, 2
+DEFAULT_CONFIG = "balancer.yaml"
+NO_CONFIG = (
+    "balancer: no configuration file: pass one with -c FILE or set $BALANCER_CONFIG "
+    f"(there is no ./{DEFAULT_CONFIG} either)"
+)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -54,7 +61,10 @@ def _apply_overrides(config: Config, args: argparse.Namespace) -> Config:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    path = args.config or os.environ.get("BALANCER_CONFIG") or "balancer.yaml"
+    path = args.config or os.environ.get("BALANCER_CONFIG") or DEFAULT_CONFIG
+    if not (args.config or os.environ.get("BALANCER_CONFIG") or os.path.exists(DEFAULT_CONFIG)):
+        print(NO_CONFIG, file=sys.stderr)
+        return EXIT_BAD_CONFIG
     try:
         config = _apply_overrides(load_config(path), args)
     except ConfigError as exc:
@@ -65,6 +75,8 @@ def main(argv: list[str] | None = None) -> int:
         print(exc, file=sys.stderr)
         return EXIT_BAD_CONFIG
     if args.check:
+        for warning in config_warnings(config):
+            print(f"warning: {warning.render(config.source)}", file=sys.stderr)
         print(summary(config))
         print(f"{path}: configuration is valid")
         return EXIT_OK
@@ -82,11 +94,11 @@ def run(config: Config) -> int:
         level=config.log_level,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    if config.workers > 1:
-        logging.getLogger("balancer").warning(
-            "workers: %d asked, but several workers are not available yet; running one",
-            config.workers,
-        )
+    log = logging.getLogger("balancer.config")
+    for entry in inactive(config):
+        log.warning("%s", entry.notice)
+    for warning in config_warnings(config):
+        log.warning("%s", warning.render(config.source))
     try:
         status = uvloop.run(serve(config))
     except UnknownStrategy as exc:

@@ -19,6 +19,7 @@ import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
@@ -27,6 +28,7 @@ import yaml
 from balancer.durations import format_duration, format_size
 from balancer.durations import parse_duration as parse_duration  # re-exported: the public API
 from balancer.durations import parse_size as parse_size
+from balancer.inactive import inactive
 
 STRATEGY_NAMES: tuple[str, ...] = (
     "round_robin",
@@ -94,6 +96,16 @@ def _describe(value: Any) -> str:
     return repr(value)
 
 
+def _quoted(value: Any, *kinds: str) -> str:
+    """`_describe`, but a string that YAML would read as one of `kinds` (int, float, bool)
+    without its quotes is named as such: quoting a number is the likely mistake."""
+    if isinstance(value, str):
+        tag = yaml.resolver.Resolver().resolve(yaml.ScalarNode, value, (True, False))  # type: ignore[no-untyped-call]
+        if tag.rpartition(":")[2] in kinds:
+            return f"the string {value!r} (remove the quotes)"
+    return _describe(value)
+
+
 def _suggest(word: str, choices: list[str]) -> str:
     close = difflib.get_close_matches(word, choices, n=1)
     return f"; did you mean '{close[0]}'?" if close else ""
@@ -102,7 +114,7 @@ def _suggest(word: str, choices: list[str]) -> str:
 def _integer(minimum: int) -> Callable[[Any], int]:
     def check(value: Any) -> int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ValueError(f"expected a whole number, got {_describe(value)}")
+            raise ValueError(f"expected a whole number, got {_quoted(value, 'int')}")
         if value < minimum:
             raise ValueError(f"must be at least {minimum}, got {value}")
         return value
@@ -113,7 +125,7 @@ def _integer(minimum: int) -> Callable[[Any], int]:
 def _number(low: float, high: float | None = None) -> Callable[[Any], float]:
     def check(value: Any) -> float:
         if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ValueError(f"expected a number, got {_describe(value)}")
+            raise ValueError(f"expected a number, got {_quoted(value, 'int', 'float')}")
         if not math.isfinite(value) or value < low or (high is not None and value > high):
             allowed = f">= {low:g}" if high is None else f"between {low:g} and {high:g}"
             raise ValueError(f"must be {allowed}, got {value:g}")
@@ -157,17 +169,24 @@ def _text(value: Any) -> str:
 
 def _boolean(value: Any) -> bool:
     if not isinstance(value, bool):
-        raise ValueError(f"expected true or false, got {_describe(value)}")
+        raise ValueError(f"expected true or false, got {_quoted(value, 'bool')}")
     return value
 
 
-def _choice(noun: str, names: tuple[str, ...]) -> Callable[[Any], str]:
+def _choice(noun: str, names: tuple[str, ...], key: str) -> Callable[[Any], str]:
+    """One of `names`; a list of one (`strategy: [weighted]`) is shown how to write it as `key`."""
+
     def check(value: Any) -> str:
         if value in names:
             return str(value)
-        hint = _suggest(value, list(names)) if isinstance(value, str) else ""
-        shown = repr(value) if isinstance(value, str) else _describe(value)
-        raise ValueError(f"unknown {noun} {shown} (valid: {', '.join(names)}){hint}")
+        valid = f"(valid: {', '.join(names)})"
+        if isinstance(value, str):
+            raise ValueError(f"unknown {noun} {value!r} {valid}{_suggest(value, list(names))}")
+        if not isinstance(value, list):
+            raise ValueError(f"expected a {noun} name, got {_describe(value)} {valid}")
+        shown = f"[{', '.join(str(item) for item in value)}]"
+        fix = f"; write {key}: {value[0]}" if len(value) == 1 and value[0] in names else f" {valid}"
+        raise ValueError(f"expected a {noun} name, got a list ({shown}){fix}")
 
     return check
 
@@ -260,20 +279,24 @@ def _workers(value: Any) -> int:
     if value == "auto":
         return os.cpu_count() or 1
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"expected a number >= 1 or 'auto', got {_describe(value)}")
+        raise ValueError(f"expected a number >= 1 or 'auto', got {_quoted(value, 'int')}")
     return value
 
 
 def _log_level(value: Any) -> str:
     names = tuple(name.lower() for name in LOG_LEVELS)
-    return _choice("log level", names)(_text(value).lower()).upper()
+    if isinstance(value, list):
+        value = [item.lower() if isinstance(item, str) else item for item in value]
+    return _choice("log level", names, "log_level")(
+        value.lower() if isinstance(value, str) else value
+    ).upper()
 
 
-_strategy = _choice("strategy", STRATEGY_NAMES)
+_strategy = _choice("strategy", STRATEGY_NAMES, "strategy")
 
 
 # Read as text (see `_value`), `mode: off` is "off" although YAML 1.1 would make it false.
-_sticky_mode = _choice("sticky mode", STICKY_MODES)
+_sticky_mode = _choice("sticky mode", STICKY_MODES, "mode")
 
 
 def _redis_url(value: Any) -> str | None:
@@ -306,6 +329,7 @@ _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 class _Walk:
     env: Mapping[str, str]
     problems: list[Problem] = field(default_factory=list)
+    lines: dict[str, int] = field(default_factory=dict)  # key path -> line, for Config.lines
 
     def problem(self, path: str, message: str, node: yaml.Node | None) -> None:
         line = node.start_mark.line + 1 if node is not None else None
@@ -352,6 +376,7 @@ def _fields(walk: _Walk, node: yaml.Node, path: str, table: Mapping[str, Convert
             walk.problem(path, f"unknown key '{key}'{hint}", key_node)
             continue
         out.nodes[key] = value_node
+        walk.lines[_join(path, key)] = value_node.start_mark.line + 1
         value = table[key](walk, value_node, _join(path, key))
         if value is not _BAD:
             out.values[key] = value
@@ -481,7 +506,7 @@ class AdminConfig:
 
 @dataclass(frozen=True, slots=True)
 class HashConfig:
-    on: str = field(default="ip", metadata=_text_rule(_choice("hash source", HASH_SOURCES)))
+    on: str = field(default="ip", metadata=_text_rule(_choice("hash source", HASH_SOURCES, "on")))
     name: str | None = field(default=None, metadata=_text_rule(_optional_token))
 
 
@@ -748,6 +773,8 @@ class Config:
     cache: CacheConfig = field(default_factory=CacheConfig)
     compression: CompressionConfig = field(default_factory=CompressionConfig)
     source: str = "<string>"  # the file it was read from
+    # Where the file sets each key (key path -> line), for the warnings that point at one.
+    lines: Mapping[str, int] = field(default_factory=dict, compare=False, repr=False)
 
 
 # --- the public functions -----------------------------------------------------------------
@@ -777,7 +804,7 @@ def parse_config(
         walk.problem("backends", "at least one backend is required", None)
     if walk.problems:
         raise ConfigError(tuple(walk.problems), source)
-    return Config(**fields.values, source=source)
+    return Config(**fields.values, source=source, lines=MappingProxyType(walk.lines))
 
 
 def _yaml_message(exc: yaml.YAMLError) -> str:
@@ -799,16 +826,19 @@ def load_config(path: str | os.PathLike[str], env: Mapping[str, str] | None = No
 
 
 def summary(config: Config) -> str:
-    """A few lines for `balancer --check`: where it listens, how it picks, the backends."""
+    """A few lines for `balancer --check`: where it listens, how it picks, the backends, and
+    the keys set that nothing acts on yet (a feature is claimed only once it leaves that list)."""
     sticky = config.sticky.mode
     if sticky != "off":
         redis = config.redis.url and re.sub(r"//[^@/]*@", "//***@", config.redis.url)
         sticky += f" (store: {f'redis {redis}' if redis else 'memory'})"
     t, check, budget = config.timeouts, config.health_check, config.retry_budget
-    token = "token required" if config.admin.token else "no token"
+    pending = inactive(config)
+    keys = {entry.key for entry in pending}
+    token = " (token required)" if config.admin.token else " (no token)"
     lines = [
         f"listen {config.listen}, workers {config.workers}, log level {config.log_level}",
-        f"admin {config.admin.listen} ({token})",
+        f"admin {config.admin.listen}{'' if 'admin.token' in keys else token}",
         f"strategy {config.strategy}, sticky {sticky}",
         f"backends ({len(config.backends)}):",
         *(f"  {b.name}  {b.url}  weight {b.weight}" for b in config.backends),
@@ -818,8 +848,9 @@ def summary(config: Config) -> str:
         f"client idle {format_duration(t.client_idle)}",
         f"retries {config.retries} (budget {budget.percent:g}%, at least {budget.min_concurrency})",
     ]
-    if config.cache.enabled:
+    if config.cache.enabled and "cache" not in keys:
         lines.append(f"cache on, {format_size(config.cache.max_memory)} in memory")
-    if config.compression.enabled:
+    if config.compression.enabled and "compression" not in keys:
         lines.append(f"compression on, from {format_size(config.compression.min_size)}")
+    lines.extend(entry.notice for entry in pending)
     return "\n".join(lines)

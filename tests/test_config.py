@@ -346,7 +346,8 @@ def test_environment_expansion(
 def test_quoted_expansion_stays_text() -> None:
     text = with_section("workers: '${W:-2}'\n")
     assert (
-        only_problem(text) == "balancer.yaml:3: workers: expected a number >= 1 or 'auto', got '2'"
+        only_problem(text) == "balancer.yaml:3: workers: expected a number >= 1 or 'auto', "
+        "got the string '2' (remove the quotes)"
     )
 
 
@@ -695,14 +696,14 @@ def test_every_strategy_name(strategy: str) -> None:
     [
         ("workers: yes\n", "workers: expected a number >= 1 or 'auto', got a boolean"),
         ("retries: true\n", "retries: expected a whole number, got a boolean"),
-        ("retries: '2'\n", "retries: expected a whole number, got '2'"),
+        ("retries: '2'\n", "retries: expected a whole number, got the string '2' (remove the quotes)"),
         ("health_check:\n  rise: no\n", "health_check.rise: expected a whole number, got a boolean"),
         ("limits:\n  max_headers: on\n", "limits.max_headers: expected a whole number, got a boolean"),
         ("limits:\n  max_body: yes\n", "limits.max_body: expected a size (512, 64KB, 8MB, 1GB), got a boolean"),
         ("timeouts:\n  read: true\n", "timeouts.read: expected a duration (250ms, 2s, 1m, 1h), got a boolean"),
         ("retry_budget:\n  percent: yes\n", "retry_budget.percent: expected a number, got a boolean"),
         ("cache:\n  enabled: 1\n", "cache.enabled: expected true or false, got 1"),
-        ("compression:\n  enabled: 'true'\n", "compression.enabled: expected true or false, got 'true'"),
+        ("compression:\n  enabled: 'true'\n", "compression.enabled: expected true or false, got the string 'true' (remove the quotes)"),
     ],
 )  # fmt: skip
 def test_wrong_types(section: str, message: str) -> None:
@@ -921,3 +922,57 @@ def test_health_check_path_must_be_visible_ascii_origin_form(path: str, message:
 )
 def test_health_check_path_origin_forms_accepted(path: str) -> None:
     assert parse(with_section(f'health_check:\n  path: "{path}"\n')).health_check.path == path
+
+
+@pytest.mark.parametrize(
+    ("section", "problem"),
+    [
+        ('retries: "3"\n', "balancer.yaml:3: retries: expected a whole number, got the string '3' (remove the quotes)"),
+        ("retries: '-1'\n", "balancer.yaml:3: retries: expected a whole number, got the string '-1' (remove the quotes)"),
+        ('workers: "4"\n', "balancer.yaml:3: workers: expected a number >= 1 or 'auto', got the string '4' (remove the quotes)"),
+        ('health_check:\n  rise: "2"\n', "balancer.yaml:4: health_check.rise: expected a whole number, got the string '2' (remove the quotes)"),
+        ('limits:\n  max_headers: "100"\n', "balancer.yaml:4: limits.max_headers: expected a whole number, got the string '100' (remove the quotes)"),
+        ('retry_budget:\n  percent: "12.5"\n', "balancer.yaml:4: retry_budget.percent: expected a number, got the string '12.5' (remove the quotes)"),
+        ('adaptive:\n  weights: {cpu: "0.5"}\n', "balancer.yaml:4: adaptive.weights.cpu: expected a number, got the string '0.5' (remove the quotes)"),
+        ('circuit_breaker:\n  failure_statuses: ["503"]\n', "balancer.yaml:4: circuit_breaker.failure_statuses: expected a whole number, got the string '503' (remove the quotes)"),
+        ('cache:\n  enabled: "true"\n', "balancer.yaml:4: cache.enabled: expected true or false, got the string 'true' (remove the quotes)"),
+        ('cache:\n  shared: "no"\n', "balancer.yaml:4: cache.shared: expected true or false, got the string 'no' (remove the quotes)"),
+        ('backends:\n  - url: http://127.0.0.1:9001\n    weight: "2"\n', "balancer.yaml:3: backends[0].weight: expected a whole number, got the string '2' (remove the quotes)"),
+    ],
+)  # fmt: skip
+def test_a_quoted_number_or_boolean_says_so(section: str, problem: str) -> None:
+    text = section if section.startswith("backends:") else with_section(section)
+    assert problems(text) == [problem]
+
+
+def test_only_a_quoted_number_is_told_to_drop_its_quotes() -> None:
+    hint = "(remove the quotes)"
+    assert only_problem(with_section('retries: "3"\n')).endswith(f"got the string '3' {hint}")
+    # not a number once unquoted, or not a whole one: no such advice
+    assert only_problem(with_section('retries: "three"\n')).endswith("got 'three'")
+    assert only_problem(with_section('retries: "2.5"\n')).endswith("got '2.5'")
+    # durations and sizes are text: quoting them is fine
+    config = parse(with_section('health_check:\n  interval: "2s"\n  timeout: "1"\n'))
+    assert (config.health_check.interval, config.health_check.timeout) == (2.0, 1.0)
+    assert parse(with_section('limits:\n  max_body: "1024"\n')).limits.max_body == 1024
+
+
+STRATEGIES = ", ".join(STRATEGY_NAMES)
+
+
+@pytest.mark.parametrize(
+    ("section", "problem"),
+    [
+        ("strategy: [weighted]\n", "balancer.yaml:3: strategy: expected a strategy name, got a list ([weighted]); write strategy: weighted"),
+        ("strategy:\n  - p2c\n", "balancer.yaml:4: strategy: expected a strategy name, got a list ([p2c]); write strategy: p2c"),
+        ("strategy: [weighted, p2c]\n", f"balancer.yaml:3: strategy: expected a strategy name, got a list ([weighted, p2c]) (valid: {STRATEGIES})"),
+        ("strategy: [fastest]\n", f"balancer.yaml:3: strategy: expected a strategy name, got a list ([fastest]) (valid: {STRATEGIES})"),
+        ("strategy: {name: weighted}\n", f"balancer.yaml:3: strategy: expected a strategy name, got a mapping (valid: {STRATEGIES})"),
+        ("strategy:\n", f"balancer.yaml:3: strategy: expected a strategy name, got nothing (null) (valid: {STRATEGIES})"),
+        ("sticky:\n  mode: [cookie]\n", "balancer.yaml:4: sticky.mode: expected a sticky mode name, got a list ([cookie]); write mode: cookie"),
+        ("log_level: [Debug]\n", "balancer.yaml:3: log_level: expected a log level name, got a list ([debug]); write log_level: debug"),
+        ("hash:\n  on: [header]\n  name: X-User\n", "balancer.yaml:4: hash.on: expected a hash source name, got a list ([header]); write on: header"),
+    ],
+)  # fmt: skip
+def test_a_list_where_a_name_is_expected_says_how_to_write_it(section: str, problem: str) -> None:
+    assert problems(with_section(section)) == [problem]
