@@ -51,11 +51,6 @@ INACTIVE: tuple[Inactive, ...] = (
         "admin calls are not checked for it: anyone who reaches admin.listen can use the API",
     ),
     Inactive(
-        "limits.max_connections",
-        lambda config: _changed(config.limits, "max_connections"),
-        "client connections are not capped",
-    ),
-    Inactive(
         "cache",
         lambda config: _changed(config.cache),
         "nothing is cached: every request goes to a backend",

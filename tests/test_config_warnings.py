@@ -22,9 +22,6 @@ COMPRESSION = (
     "compression: parsed, not active yet (responses pass as the backend sent them, never gzipped)"
 )
 WORKERS = "workers: parsed, not active yet (one process serves every request)"
-MAX_CONNECTIONS = (
-    "limits.max_connections: parsed, not active yet (client connections are not capped)"
-)
 
 
 def parse(text: str) -> Config:
@@ -45,7 +42,7 @@ def warnings(text: str) -> list[str]:
         ("compression:\n  enabled: true\n", [COMPRESSION]),
         ("compression:\n  types: [text/html]\n", [COMPRESSION]),
         ("workers: 2\n", [WORKERS]),
-        ("limits:\n  max_connections: 500\n", [MAX_CONNECTIONS]),
+        ("limits:\n  max_connections: 500\n", []),  # acts: no notice
         (
             "workers: 3\nadmin: {token: x}\ncache: {enabled: true}\ncompression: {enabled: true}\n",
             [WORKERS, TOKEN, CACHE, COMPRESSION],
