@@ -96,10 +96,25 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        response = web.json_response({"error": exc.reason}, status=exc.status)
+        message = exc.reason
         if "Allow" in exc.headers:  # a 405 names the methods allowed (RFC 9110 15.5.6)
+            message = f"{request.method} is not allowed here: use {exc.headers['Allow']}"
+        response = web.json_response({"error": message}, status=exc.status)
+        if "Allow" in exc.headers:
             response.headers["Allow"] = exc.headers["Allow"]
         return response
+
+
+# What GET / answers until the dashboard exists: every endpoint, and what it does.
+ENDPOINTS = (
+    ("GET", "/status", "JSON: strategy, sticky store, every backend's state and counters"),
+    ("GET", "/metrics", "Prometheus text format"),
+    ("GET", "/health/live", "200 while the process runs"),
+    ("GET", "/health/ready", "200 when at least one backend is routable, else 503"),
+    ("POST", "/backends/{name}/drain", "no new requests but existing sticky sessions"),
+    ("POST", "/backends/{name}/disable", "no requests at all"),
+    ("POST", "/backends/{name}/enable", "back into rotation"),
+)
 
 
 def backend_status(backend: Backend) -> dict[str, Any]:
@@ -182,18 +197,27 @@ def make_admin_app(
         body = {"status": "ready" if routable else "unavailable", "routable_backends": routable}
         return web.json_response(body, status=200 if routable else 503)
 
+    async def index(request: web.Request) -> web.Response:
+        endpoints = [{"method": m, "path": p, "what": what} for m, p, what in ENDPOINTS]
+        return web.json_response({"balancer": __version__, "endpoints": endpoints})
+
+    def no_such(what: str, given: str, known: list[str], key: str) -> web.Response:
+        return web.json_response({"error": f"no {what} {given!r}", key: known}, status=404)
+
     async def set_mode(request: web.Request) -> web.Response:
         name = request.match_info["name"]
         backend = pool.by_name(name)
         if backend is None:
-            return web.json_response(
-                {
-                    "error": f"no backend named {name!r}",
-                    "backends": [b.name for b in pool.backends],
-                },
-                status=404,
-            )
+            return no_such("backend named", name, [b.name for b in pool.backends], "backends")
         action = request.match_info["action"]
+        if action not in MODES:
+            return no_such("backend action", action, list(MODES), "actions")
+        if request.method != "POST":
+            return web.json_response(
+                {"error": f"{request.method} does not change a backend: use POST {request.path}"},
+                status=405,
+                headers={"Allow": "POST"},
+            )
         backend.set_mode(MODES[action])
         log.info("backend %s: %s by the admin API", backend.name, MODES[action])
         return web.json_response(backend_status(backend))
@@ -201,7 +225,8 @@ def make_admin_app(
     # The Origin check first: before anything else is looked at, a token included (SPEC §3).
     app = web.Application(middlewares=[refuse_foreign_origins, json_errors])
     app.on_response_prepare.append(_without_server_header)
-    app.router.add_post("/backends/{name}/{action:drain|disable|enable}", set_mode)
+    app.router.add_get("/", index)
+    app.router.add_route("*", "/backends/{name}/{action}", set_mode)
     app.router.add_get("/status", get_status)
     app.router.add_get("/metrics", get_metrics)
     app.router.add_get("/health/live", live)

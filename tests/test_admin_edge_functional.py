@@ -148,7 +148,7 @@ async def test_admin_errors_are_json(balancer: Balancer) -> None:
     assert json.loads(missing.body)["error"] == "Not Found"
     wrong = await admin_call(balancer, "POST", "/status", "Host: a")
     assert wrong.status == 405
-    assert json.loads(wrong.body)["error"] == "Method Not Allowed"
+    assert json.loads(wrong.body)["error"] == "POST is not allowed here: use GET,HEAD"
     assert wrong.header("Allow") == ["GET,HEAD"]
 
 

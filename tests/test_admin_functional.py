@@ -132,3 +132,40 @@ async def test_shutdown_timeout_cuts_long_requests(
         response = await asyncio.wait_for(slow, 5)
         await response.read()
     assert "still in flight" in balancer.stderr()
+
+
+async def test_the_admin_root_lists_the_endpoints(balancer: Balancer) -> None:
+    async with aiohttp.ClientSession() as session:
+        async with session.get(balancer.admin_url + "/") as response:
+            assert response.status == 200
+            body = await response.json()
+    paths = {(e["method"], e["path"]) for e in body["endpoints"]}
+    assert {("GET", "/status"), ("GET", "/metrics"), ("POST", "/backends/{name}/drain")} <= paths
+    assert all(e["what"] for e in body["endpoints"])
+
+
+async def test_an_unknown_action_is_a_json_404_like_an_unknown_name(balancer: Balancer) -> None:
+    async with aiohttp.ClientSession() as session:
+        async with session.post(balancer.admin_url + "/backends/b1/pause") as response:
+            assert response.status == 404
+            body = await response.json()
+        assert body == {"error": "no backend action 'pause'", "actions": ["drain", "disable", "enable"]}
+        async with session.post(balancer.admin_url + "/backends/nope/pause") as response:
+            assert response.status == 404
+            assert (await response.json())["backends"] == ["b0", "b1"]
+        status = await (await session.get(balancer.admin_url + "/status")).json()
+        assert [b["state"] for b in status["backends"]] == ["healthy", "healthy"]
+
+
+async def test_a_get_on_an_action_is_a_json_405_that_names_post(balancer: Balancer) -> None:
+    async with aiohttp.ClientSession() as session:
+        async with session.get(balancer.admin_url + "/backends/b1/drain") as response:
+            assert response.status == 405
+            assert response.headers["Allow"] == "POST"
+            body = await response.json()
+        assert body["error"] == "GET does not change a backend: use POST /backends/b1/drain"
+        async with session.post(balancer.admin_url + "/status") as response:
+            assert response.status == 405
+            assert "use GET" in (await response.json())["error"]
+        status = await (await session.get(balancer.admin_url + "/status")).json()
+        assert status["backends"][1]["state"] == "healthy"
