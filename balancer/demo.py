@@ -9,10 +9,12 @@ With `-- COMMAND`, the demo starts COMMAND as its child once every port listens,
 the child's status when it ends (128 + N when signal N killed it): the README runs the balancer
 that way, so one Ctrl-C stops both and leaves no server behind. Signals:
 
-- SIGINT is not forwarded at once. A terminal's Ctrl-C reaches the whole foreground process
-  group, the child included, and the balancer takes a second SIGINT as "cut the requests in
-  flight and exit 1". The demo waits for the child, and forwards SIGINT only if the child is
-  still running `FORWARD_AFTER` seconds later (then the signal was most likely the demo's alone).
+- SIGINT, when the demo is in its terminal's foreground process group, is most likely the
+  terminal's Ctrl-C, which reached the whole group, the child included; the balancer takes a
+  second SIGINT as "cut the requests in flight and exit 1". So the demo does not forward it: it
+  waits for the child, and forwards SIGINT only if the child is still running `FORWARD_AFTER`
+  seconds later (then the signal was the demo's alone). Any other SIGINT (no terminal, as in
+  `docker run` without `-t`; or in the background) is forwarded at once.
 - SIGTERM (`kill`, `docker stop`) is sent to one process: it is forwarded to the child.
 - SIGHUP (the terminal went away) is forwarded as SIGTERM: the balancer takes SIGHUP for a
   reload request and would otherwise stay behind without its backends.
@@ -25,6 +27,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -80,6 +83,21 @@ def _port(text: str) -> int:
     return int(text)
 
 
+def in_terminal_foreground() -> bool:
+    """Whether this process is in the foreground process group of its controlling terminal:
+    only then can a SIGINT be the terminal's Ctrl-C, sent to the child as well."""
+    try:
+        fd = os.open("/dev/tty", os.O_RDONLY | os.O_NOCTTY)
+    except OSError:  # no controlling terminal
+        return False
+    try:
+        return os.tcgetpgrp(fd) == os.getpgrp()
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+
+
 class Demo:
     """The demo servers, their child, and what each signal does to it."""
 
@@ -95,11 +113,13 @@ class Demo:
         self.stopping.set()
         if self.child is None or self.child.returncode is not None:
             return
-        if sig == signal.SIGINT:
+        if sig == signal.SIGINT and in_terminal_foreground():
             # Most likely the terminal's Ctrl-C, which the child got too: give it time.
             if self.forward_timer is None:
                 loop = asyncio.get_running_loop()
                 self.forward_timer = loop.call_later(FORWARD_AFTER, self.forward, signal.SIGINT)
+        elif sig == signal.SIGINT:
+            self.forward(signal.SIGINT)
         else:
             self.forward(signal.SIGTERM)
 

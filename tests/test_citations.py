@@ -1,5 +1,5 @@
-"""What the repository cites must be in the repository (or public): a reader of a clone has
-no `../shared/` beside it, so a comment or README line pointing there points at nothing."""
+"""What the repository cites must be in the repository (or public): a clone has no sibling
+`shared` directory, so a comment or README line pointing there points at nothing."""
 
 from __future__ import annotations
 

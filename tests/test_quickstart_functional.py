@@ -1,4 +1,5 @@
-"""The README's first command, run as a user runs it: in a terminal, stopped with Ctrl-C.
+"""The README's first command, run as a user runs it: in a terminal, stopped with Ctrl-C;
+and the demo backends it runs (`balancer.demo`), with what each signal does to their child.
 
 The command runs under a shell in a real pseudo-terminal (`Terminal`), so Ctrl-C is the
 terminal's: b"\\x03" on the master makes the kernel send SIGINT to the whole foreground process
@@ -8,6 +9,7 @@ balancer.yaml and of the demo backends free again.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import fcntl
 import os
@@ -24,7 +26,9 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from support import eventually
+from balancer.demo import FORWARD_AFTER
+
+from support import eventually, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 INSTALL = "python3 -m venv .venv && .venv/bin/pip install -e . && "
@@ -206,3 +210,138 @@ async def test_readme_first_command_serves_and_ctrl_c_leaves_nothing_behind() ->
         assert not still, f"port(s) {still} still listening after Ctrl-C:\n{terminal.text()}"
     finally:
         terminal.close()
+
+
+# ---------------------------------------------------------------------------------------
+# balancer.demo on its own
+
+DEMO = [sys.executable, "-m", "balancer.demo"]
+# A child that says on stdout when it is ready and exits with the number of SIGINTs delivered
+# to it: `argv[1]` seconds after the first one, or at the second one. Counted from the wakeup
+# fd, one byte per delivery: Python's handlers would merge two that come close together.
+COUNT_SIGINTS = """
+import os, select, signal, sys, time
+r, w = os.pipe()
+os.set_blocking(w, False)
+signal.set_wakeup_fd(w)
+signal.signal(signal.SIGINT, lambda *_: None)
+signal.signal(signal.SIGTERM, lambda *_: sys.exit(42))
+print("child ready", flush=True)
+got, first = 0, 0.0
+while got < 2 and not (got and time.monotonic() - first > float(sys.argv[1])):
+    if select.select([r], [], [], 0.01)[0]:
+        for number in os.read(r, 64):
+            if number == signal.SIGINT:
+                got, first = got + 1, first or time.monotonic()
+sys.exit(got)
+"""
+
+
+async def start_demo(*args: str) -> asyncio.subprocess.Process:
+    """The demo as its own session, with no controlling terminal (as under docker without -t);
+    returns once it printed its last line of readiness (its own, or the child's)."""
+    process = await asyncio.create_subprocess_exec(
+        *DEMO, *args, cwd=ROOT, stdout=asyncio.subprocess.PIPE, start_new_session=True
+    )
+    assert process.stdout is not None
+    ready = "child ready" if "--" in args else f"listening on http://127.0.0.1:{args[-1]}"
+    async with asyncio.timeout(20):
+        while ready not in (line := (await process.stdout.readline()).decode()):
+            assert line, "the demo exited before it was ready"
+    return process
+
+
+async def exit_status(process: asyncio.subprocess.Process, within: float) -> int:
+    try:
+        async with asyncio.timeout(within):
+            return await process.wait()
+    except TimeoutError:
+        process.kill()
+        await process.wait()
+        raise AssertionError(f"still running {within}s later") from None
+
+
+async def test_demo_answers_who_it_is_on_loopback_only() -> None:
+    one, two = free_port(), free_port()
+    demo = await start_demo(str(one), str(two))
+    try:
+        async with aiohttp.ClientSession() as session:
+            async with session.get(f"http://127.0.0.1:{one}/x/y?z=1") as response:
+                assert response.status == 200
+                assert (
+                    await response.text()
+                    == f"app1 (demo backend on 127.0.0.1:{one}): GET /x/y?z=1\n"
+                )
+            async with session.post(f"http://127.0.0.1:{two}/", data=b"body") as response:
+                assert response.status == 200
+                assert await response.text() == f"app2 (demo backend on 127.0.0.1:{two}): POST /\n"
+            for port in (one, two):
+                async with session.get(f"http://127.0.0.1:{port}/health") as response:
+                    assert (response.status, await response.text()) == (200, "ok\n")
+        # Bound to 127.0.0.1, not 0.0.0.0: another loopback address is refused.
+        with socket.socket() as probe, pytest.raises(ConnectionRefusedError):
+            probe.connect(("127.0.0.2", one))
+        demo.send_signal(signal.SIGTERM)
+        assert await exit_status(demo, within=5) == 0
+        assert refused(one) and refused(two)
+    finally:
+        if demo.returncode is None:
+            demo.kill()
+            await demo.wait()
+
+
+async def test_demo_forwards_sigterm_and_exits_with_the_childs_status(tmp_path: Path) -> None:
+    (tmp_path / "child.py").write_text(COUNT_SIGINTS)
+    port = free_port()
+    demo = await start_demo(str(port), "--", sys.executable, str(tmp_path / "child.py"), "60")
+    demo.send_signal(signal.SIGTERM)  # the demo alone: the child exits 42 on SIGTERM
+    assert await exit_status(demo, within=5) == 42
+    assert refused(port)
+
+
+async def test_demo_forwards_sigint_at_once_without_a_terminal(tmp_path: Path) -> None:
+    (tmp_path / "child.py").write_text(COUNT_SIGINTS)
+    demo = await start_demo(str(free_port()), "--", sys.executable, str(tmp_path / "child.py"), "0")
+    demo.send_signal(signal.SIGINT)  # the child exits 1 as soon as it gets one
+    assert await exit_status(demo, within=FORWARD_AFTER - 2) == 1
+
+
+def test_demo_exits_with_127_when_the_command_is_missing() -> None:
+    done = subprocess.run(
+        [*DEMO, str(free_port()), "--", "no-such-command-here"],
+        cwd=ROOT,
+        capture_output=True,
+        timeout=30,
+    )
+    assert done.returncode == 127
+    assert b"no-such-command-here: command not found" in done.stderr
+
+
+async def run_in_terminal_with_ctrl_c(tmp_path: Path, after: float) -> tuple[int, float]:
+    """Ctrl-C to `demo -- child` in a terminal: the child's SIGINT count, and how long it took."""
+    (tmp_path / "child.py").write_text(COUNT_SIGINTS)
+    command = f"{sys.executable} -m balancer.demo {free_port()} -- {sys.executable} {tmp_path / 'child.py'} {after}"
+    terminal = Terminal(command)
+    try:
+        await eventually(lambda: "child ready" in terminal.text(), timeout=20)
+        os.write(terminal.master, b"\x03")
+        started = time.monotonic()
+        await eventually(lambda: terminal.status() is not None, timeout=FORWARD_AFTER + 10)
+        status = terminal.status()
+        assert status is not None
+        return status, time.monotonic() - started
+    finally:
+        terminal.close()
+
+
+async def test_ctrl_c_in_a_terminal_reaches_the_child_once(tmp_path: Path) -> None:
+    """The child got the terminal's SIGINT itself; the demo adds none (the balancer would take
+    a second one as "cut the requests in flight")."""
+    got, _ = await run_in_terminal_with_ctrl_c(tmp_path, after=1.5)
+    assert got == 1
+
+
+async def test_ctrl_c_in_a_terminal_is_forwarded_when_the_child_lingers(tmp_path: Path) -> None:
+    got, took = await run_in_terminal_with_ctrl_c(tmp_path, after=60)
+    assert got == 2
+    assert FORWARD_AFTER - 0.5 < took < FORWARD_AFTER + 5
