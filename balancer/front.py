@@ -1,7 +1,7 @@
 """The client-facing HTTP/1.1 server: aiohttp's low-level server with the limits it lacks.
 
-aiohttp's C parser (llhttp, strict) already refuses ambiguous framing; what it leaves to us
-(../shared/LAB.md): a deadline for the whole request head (`timeouts.client_header`, counted
+aiohttp's C parser (llhttp, strict) already refuses ambiguous framing; what it leaves to us:
+a deadline for the whole request head (`timeouts.client_header`, counted
 from accept or, on a kept-alive connection, from the head's first byte; trickling bytes does
 not extend it), a cap on the whole head (`limits.max_head`), and the right status for heads
 over the limits (414 for the request line, 431 for header fields, where aiohttp says 400).

@@ -624,7 +624,7 @@ def _completed(upload: asyncio.Task[None]) -> bool:
 
 def key_getter(on: str, name: str | None) -> Callable[[web.BaseRequest], bytes | None]:
     """What consistent_hash hashes (`hash.on`): the client IP, a header or a cookie. The IP is
-    the peer's address, never X-Forwarded-For (../shared/LAB.md)."""
+    the peer's address, never X-Forwarded-For (any client can write that header)."""
     if on == "header" and name:
         field = name
 

@@ -40,7 +40,8 @@ class StartupError(Exception):
 
 def check_parser() -> None:
     """Refuse to serve on aiohttp's pure-Python parser: it has had most of aiohttp's
-    request-smuggling advisories, and aiohttp falls back to it silently (../shared/LAB.md)."""
+    request-smuggling advisories (CVE-2023-47627, CVE-2024-52304), and aiohttp falls back to
+    it silently when its C extension is missing or AIOHTTP_NO_EXTENSIONS is set."""
     from aiohttp import web_protocol
 
     parser = getattr(web_protocol, "HttpRequestParser")  # noqa: B009 (not re-exported)

@@ -1,6 +1,6 @@
 """Keep-alive HTTP/1.1 connections to one backend, parsed with httptools (llhttp, strict).
 
-aiohttp's ClientSession costs ~100 us of Python per request (../shared/LAB.md); this is the
+aiohttp's ClientSession costs ~100 us of Python per request (benchmarks/README.md); this is the
 small protocol that replaces it on the hot path. One request at a time per connection, no
 pipelining. A connection goes back to the pool only after a complete, cleanly framed,
 keep-alive response; after any doubt (short body, timeout, parse error, bytes outside a

@@ -1,4 +1,4 @@
-"""The naive baseline proxy of ../shared/LAB.md: usage `naive_proxy.py PORT BACKEND_URL...`.
+"""The naive baseline proxy (benchmarks/README.md): usage `naive_proxy.py PORT BACKEND_URL...`.
 
 aiohttp web.Application + one shared ClientSession, round-robin, hop-by-hop headers dropped.
 Deliberately plain: it is what "just write it with aiohttp" gives, the bar to clear.

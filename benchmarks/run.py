@@ -6,7 +6,7 @@
 
 Two nginx `return 200` backends (~110-byte bodies) on loopback; each proxy (one process, one
 worker) in front of both; `wrk --latency` against each, rounds interleaved across proxies; the
-median per proxy is reported. What and why: ../shared/LAB.md. Stdlib only (the proxies under
+median per proxy is reported. What and why: benchmarks/README.md. Stdlib only (the proxies under
 test run with the project's venv python).
 """
 
