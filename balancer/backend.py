@@ -1,7 +1,7 @@
 """A backend: its configuration, its live stats and its state.
 
 Every attempt to send a request to a backend goes through `Backend.attempt()`, the one place
-that counts in-flight, requests, failures and the latency EWMA (ARCHITECTURE habit 4); the
+that counts in-flight, requests, failures and the latency EWMA; the
 strategies, the breaker and /status read what it records.
 """
 
@@ -23,7 +23,7 @@ Health = Literal["healthy", "unhealthy"]  # what the health checks say
 Mode = Literal["enabled", "draining", "disabled"]  # what the operator says (admin API)
 State = Literal["healthy", "unhealthy", "draining", "disabled"]  # what /status shows
 
-# The backend state machine as data, in one place (ARCHITECTURE habit 7): the operator's mode
+# The backend state machine as data, in one place: the operator's mode
 # and the health checks' verdict are independent inputs; this table gives the state they make
 # and the next table what traffic that state takes. The breaker is a third, independent input
 # (breaker.py): an open breaker keeps a healthy backend out for reset_timeout.

@@ -1,6 +1,6 @@
 """The YAML file (SPEC §2) -> frozen dataclasses, with every problem reported at once.
 
-`parse_config` is one pure function (ARCHITECTURE habit 10): it composes the YAML into nodes,
+`parse_config` is one pure function: it composes the YAML into nodes,
 which carry their line, and walks them itself, so each problem names its key path and line.
 Nothing bad is repaired quietly: an unknown key, a wrong type or a value out of range is a
 problem, and all of them are raised together in one `ConfigError`.

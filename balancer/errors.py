@@ -1,4 +1,4 @@
-"""The errors of the request path, each knowing its HTTP answer (ARCHITECTURE habit 9).
+"""The errors of the request path, each knowing its HTTP answer.
 
 Library exceptions are translated into these once, at the I/O edge (upstream.py); the proxy
 turns them into a response by reading `status` and decides on a retry by reading `sent`.

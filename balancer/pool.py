@@ -1,7 +1,7 @@
 """The set of backends and the snapshot of those a strategy may pick.
 
 The candidates tuple is rebuilt when a backend's state changes, never per request
-(ARCHITECTURE habit 3: pick from an immutable snapshot). Requests that find every candidate
+(pick from an immutable snapshot). Requests that find every candidate
 at its max_connections queue first come, first served; a wake-up is never lost.
 """
 

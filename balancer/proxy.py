@@ -114,7 +114,7 @@ class Proxy:
         self.tunnel_idle_timeout = tunnel_idle_timeout
         self.sticky = sticky
         self.clock = clock
-        # Decided once (ARCHITECTURE: no per-request cost when debug logging is off).
+        # Decided once: no per-request cost when debug logging is off.
         self.debug = log.isEnabledFor(logging.DEBUG)
         self.request_key = key_getter(hash_on, hash_name) if needs_key(pool.strategy) else None
 

@@ -1,6 +1,6 @@
 """A client that goes away must not leak anything: the in-flight count, the upstream
 connection, memory. Each test's docstring states the invariant; all run the real `balancer`
-command against real backends (ARCHITECTURE habit 4: "a cancelled client must still release
+command against real backends ("a cancelled client must still release
 in-flight counts and the upstream connection")."""
 
 from __future__ import annotations
