@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import socket
 import sys
 from collections.abc import Callable
 
@@ -99,13 +100,18 @@ def _url(sockname: tuple[str, int] | tuple[str, int, int, int]) -> str:
 
 
 async def _listen(
-    runner: web.BaseRunner, address: Address, what: str, gate: ConnectionGate | None = None
+    runner: web.BaseRunner,
+    address: Address,
+    what: str,
+    gate: ConnectionGate | None = None,
+    bound: list[socket.socket] | None = None,
 ) -> list[str]:
-    """Listen on `address`; with a gate, through our own accept loop, which holds connections
-    past limits.max_connections in the backlog (SPEC §7)."""
+    """Listen on `address` (or on sockets a supervisor `bound` for us); with a gate, through
+    our own accept loop, which holds connections past limits.max_connections in the backlog
+    (SPEC §7)."""
     try:
         if gate is not None:
-            sockets = await bind(address.host, address.port, backlog=BACKLOG)
+            sockets = bound or await bind(address.host, address.port, backlog=BACKLOG)
             site: web.BaseSite = CappedSite(runner, sockets, gate)
         else:
             site = web.TCPSite(
@@ -119,9 +125,29 @@ async def _listen(
     return [_url(sockname) for sockname in runner.addresses]
 
 
-async def serve(config: Config, *, announce: Callable[[str], None] = print) -> int:
+async def _listen_admin(
+    runner: web.BaseRunner, address: Address, path: str | None
+) -> list[str]:
+    if path is None:
+        return await _listen(runner, address, "admin")
+    site = web.UnixSite(runner, path)
+    await site.start()
+    return [f"unix:{path}"]
+
+
+async def serve(
+    config: Config,
+    *,
+    announce: Callable[[str], None] = print,
+    proxy_sockets: list[socket.socket] | None = None,
+    admin_path: str | None = None,
+) -> int:
     """Run until SIGTERM/SIGINT, then shut down gracefully (SPEC §1). The exit status: 0, or
-    1 when a second signal cut the requests still in flight."""
+    1 when a second signal cut the requests still in flight.
+
+    A worker of a supervisor gets the listening `proxy_sockets` bound already, and serves
+    its admin app on the Unix socket `admin_path` (for the supervisor alone) instead of
+    admin.listen: one admin port for the whole balancer (SPEC §6)."""
     check_parser()
     raise_fd_limit(config.limits.max_connections)
     loop = asyncio.get_running_loop()
@@ -162,10 +188,12 @@ async def serve(config: Config, *, announce: Callable[[str], None] = print) -> i
     await admin_runner.setup()
     try:
         listeners = [
-            ("proxy", url) for url in await _listen(runner, config.listen, "proxy", gate)
+            ("proxy", url)
+            for url in await _listen(runner, config.listen, "proxy", gate, proxy_sockets)
         ]
         listeners += [
-            ("admin", url) for url in await _listen(admin_runner, config.admin.listen, "admin")
+            ("admin", url)
+            for url in await _listen_admin(admin_runner, config.admin.listen, admin_path)
         ]
         for what, url in listeners:
             announce(f"{what} listening on {url}")
