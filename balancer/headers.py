@@ -120,9 +120,17 @@ _HOST = re.compile(
 )
 
 
+_VALID_HOSTS: dict[str, bool] = {}  # a few names recur on every request: judged once each
+
+
 def valid_host(host: str) -> bool:
     """Whether a (non-empty) Host value is one host[:port] (SPEC §4: else 400)."""
-    return _HOST.fullmatch(host) is not None
+    valid = _VALID_HOSTS.get(host)
+    if valid is None:
+        valid = _HOST.fullmatch(host) is not None
+        if len(_VALID_HOSTS) < 256:  # a client cannot grow it without bound
+            _VALID_HOSTS[host] = valid
+    return valid
 
 
 def origin_form(target: str, raw_headers: RawHeaders) -> str:
