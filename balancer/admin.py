@@ -12,10 +12,8 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from balancer import __version__
 from balancer.backend import Backend, Mode
-from balancer.config import Config
+from balancer.control import Control
 from balancer.metrics import exposition, make_registry
-from balancer.pool import Pool
-from balancer.sticky.store import SessionStore
 
 log = logging.getLogger("balancer.admin")
 
@@ -114,6 +112,7 @@ ENDPOINTS = (
     ("POST", "/backends/{name}/drain", "no new requests but existing sticky sessions"),
     ("POST", "/backends/{name}/disable", "no requests at all"),
     ("POST", "/backends/{name}/enable", "back into rotation"),
+    ("POST", "/reload", "re-read the config file: 200 once it serves, or 400 with every problem"),
 )
 
 
@@ -149,9 +148,13 @@ def backend_status(backend: Backend) -> dict[str, Any]:
     }
 
 
-def status(
-    config: Config, pool: Pool, store: SessionStore, uptime_seconds: float
-) -> dict[str, Any]:
+def status(control: Control, uptime_seconds: float) -> dict[str, Any]:
+    runtime = control.runtime
+    assert runtime is not None
+    config, pool, store = runtime.config, runtime.pool, control.store
+    # The running config's backends in file order, then those removed by a reload that
+    # still have requests in flight (they go when those end, SPEC §3).
+    backends = (*pool.backends, *control.registry.retiring)
     return {
         "version": __version__,
         "strategy": config.strategy,
@@ -162,7 +165,8 @@ def status(
             "available": store.available,
         },
         "queued": pool.queued,
-        "backends": [backend_status(b) for b in pool.backends],
+        "reloads": {"ok": control.reloads_ok, "failed": control.reloads_failed},
+        "backends": [backend_status(b) for b in backends],
     }
 
 
@@ -172,17 +176,15 @@ async def _without_server_header(request: web.Request, response: web.StreamRespo
 
 
 def make_admin_app(
-    config: Config,
-    pool: Pool,
-    store: SessionStore,
+    control: Control,
     *,
     clock: Callable[[], float] = time.monotonic,
 ) -> web.Application:
     started = clock()
-    registry = make_registry(pool, store)
+    registry = make_registry(control)
 
     async def get_status(request: web.Request) -> web.Response:
-        return web.json_response(status(config, pool, store, clock() - started))
+        return web.json_response(status(control, clock() - started))
 
     async def get_metrics(request: web.Request) -> web.Response:
         return web.Response(
@@ -193,7 +195,8 @@ def make_admin_app(
         return web.json_response({"status": "live"})
 
     async def ready(request: web.Request) -> web.Response:
-        routable = len(pool.candidates)
+        assert control.runtime is not None
+        routable = len(control.runtime.pool.candidates)
         body = {"status": "ready" if routable else "unavailable", "routable_backends": routable}
         return web.json_response(body, status=200 if routable else 503)
 
@@ -205,6 +208,8 @@ def make_admin_app(
         return web.json_response({"error": f"no {what} {given!r}", key: known}, status=404)
 
     async def set_mode(request: web.Request) -> web.Response:
+        assert control.runtime is not None
+        pool = control.runtime.pool
         name = request.match_info["name"]
         backend = pool.by_name(name)
         if backend is None:
@@ -225,7 +230,12 @@ def make_admin_app(
     # The Origin check first: before anything else is looked at, a token included (SPEC §3).
     app = web.Application(middlewares=[refuse_foreign_origins, json_errors])
     app.on_response_prepare.append(_without_server_header)
+    async def reload(request: web.Request) -> web.Response:
+        outcome = await control.reload()
+        return web.json_response(outcome.as_json(), status=200 if outcome.ok else 400)
+
     app.router.add_get("/", index)
+    app.router.add_post("/reload", reload)
     app.router.add_route("*", "/backends/{name}/{action}", set_mode)
     app.router.add_get("/status", get_status)
     app.router.add_get("/metrics", get_metrics)

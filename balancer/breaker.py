@@ -86,6 +86,14 @@ class Breaker:
         state = self.state
         return state == "closed" or (state == "half_open" and not self.trial_in_flight)
 
+    def configure(self, failure_threshold: int, reset_timeout: float, rise: int) -> None:
+        """New settings from a reload; the state and its counts stay (an open breaker keeps
+        its timer: the new reset_timeout applies from its next opening)."""
+        self._cb.fail_max = failure_threshold
+        self._cb.reset_timeout = reset_timeout
+        self.reset_timeout = reset_timeout
+        self.rise = rise
+
     @property
     def retry_in_seconds(self) -> float:
         """While open: the seconds until reset_timeout lets a trial through, else 0."""

@@ -7,6 +7,7 @@ import dataclasses
 import logging
 import os
 import sys
+from collections.abc import Callable
 
 from balancer import __version__
 from balancer.config import LOG_LEVELS, Config, ConfigError, load_config, summary
@@ -80,10 +81,15 @@ def main(argv: list[str] | None = None) -> int:
         print(summary(config))
         print(f"{path}: configuration is valid")
         return EXIT_OK
-    return run(config)
+    return run(config, path, lambda reread: _apply_overrides(reread, args))
 
 
-def run(config: Config) -> int:
+def run(
+    config: Config,
+    path: str | None = None,
+    overrides: Callable[[Config], Config] = lambda config: config,
+) -> int:
+    """Serve `config`; a reload re-reads `path` and applies the same command-line overrides."""
     import uvloop
 
     from balancer.server import StartupError, serve
@@ -100,7 +106,7 @@ def run(config: Config) -> int:
     for warning in config_warnings(config):
         log.warning("%s", warning.render(config.source))
     try:
-        status = uvloop.run(serve(config))
+        status = uvloop.run(serve(config, config_path=path, overrides=overrides))
     except UnknownStrategy as exc:
         print(f"{config.source}: strategy: {exc}", file=sys.stderr)
         return EXIT_BAD_CONFIG

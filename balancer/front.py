@@ -371,6 +371,18 @@ class FrontServer(web.Server):
         if self._gate is not None:
             self._gate.closed()
 
+    def configure(self, limits: LimitsConfig, timeouts: TimeoutsConfig) -> None:
+        """A reload's limits and timeouts, for the connections accepted from now on (one in
+        progress keeps the parser it was given)."""
+        self._limits = limits
+        self._timeouts = timeouts
+        self._kwargs.update(
+            max_line_size=limits.max_request_line,
+            max_field_size=limits.max_header_line,
+            max_headers=limits.max_headers,
+            keepalive_timeout=timeouts.client_idle,
+        )
+
     def cut_all(self) -> None:
         """A second SIGTERM/SIGINT while draining: cancel every request still in flight."""
         for handler in self.connections:

@@ -111,19 +111,37 @@ class HealthChecker:
         self._backends = backends
         self._loop = loop
         self._rng = rng or random.Random()
-        self._tasks: list[asyncio.Task[None]] = []
+        self._tasks: dict[Backend, asyncio.Task[None]] = {}  # one probe loop per backend
         self.failed_probes: dict[str, int] = {}  # per backend name, since start
 
     def start(self) -> None:
-        self._tasks = [self._loop.create_task(self._run(b)) for b in self._backends]
-        for task in self._tasks:
-            task.add_done_callback(_ended)
+        self.sync(self._backends, self.config)
+
+    def sync(self, backends: tuple[Backend, ...], config: HealthCheckConfig) -> None:
+        """Probe exactly `backends` with `config` (a reload): loops of backends that left
+        stop, new backends get one; new settings restart every loop (each keeps its
+        backend's health: the rise/fall count starts from it)."""
+        if config != self.config:
+            self.config = config
+            self._cancel(list(self._tasks))
+        self._backends = backends
+        self._cancel([b for b in self._tasks if b not in backends])
+        for backend in backends:
+            if backend not in self._tasks:
+                task = self._loop.create_task(self._run(backend))
+                task.add_done_callback(_ended)
+                self._tasks[backend] = task
+
+    def _cancel(self, backends: list[Backend]) -> None:
+        for backend in backends:
+            self._tasks.pop(backend).cancel()
 
     async def stop(self) -> None:
-        for task in self._tasks:
+        tasks = list(self._tasks.values())
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._tasks = []
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._tasks = {}
 
     async def _run(self, backend: Backend) -> None:
         config = self.config

@@ -41,6 +41,14 @@ class ConnectionGate:
     def __repr__(self) -> str:
         return f"<ConnectionGate {self.open}/{self.cap} open>"
 
+    def set_cap(self, cap: int) -> None:
+        """A reload's limits.max_connections: accepting resumes at once under a higher cap."""
+        self.cap = cap
+        if self.open < cap:
+            self._below.set()
+        else:
+            self._below.clear()
+
     def opened(self) -> None:
         self.open += 1
         if self.open >= self.cap:

@@ -18,8 +18,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from balancer.backend import DURATION_BUCKETS, STATE, RequestStats
-from balancer.pool import Pool
-from balancer.sticky.store import SessionStore
+from balancer.control import Control
 
 # The `backend` label of requests answered without one (503: nothing routable).
 NO_BACKEND = "none"
@@ -28,12 +27,14 @@ BACKEND_STATES = tuple(dict.fromkeys(STATE.values()))  # healthy, unhealthy, dra
 
 
 class PoolCollector(Collector):
-    def __init__(self, pool: Pool, store: SessionStore) -> None:
-        self.pool = pool
-        self.store = store
+    def __init__(self, control: Control) -> None:
+        self.control = control
 
     def collect(self) -> Iterator[Metric]:
-        pool = self.pool
+        control = self.control
+        assert control.runtime is not None
+        pool = control.runtime.pool
+        store = control.store
         requests = CounterMetricFamily(
             "balancer_requests",
             "Requests answered, by backend and status sent to the client",
@@ -82,7 +83,7 @@ class PoolCollector(Collector):
             "Moving average of the time to the response head",
             labels=["backend"],
         )
-        for backend in pool.backends:
+        for backend in (*pool.backends, *control.registry.retiring):
             name = backend.name
             _add_requests(requests, durations, name, backend.requests)
             healthy.add_metric([name], 1.0 if backend.health == "healthy" else 0.0)
@@ -95,13 +96,13 @@ class PoolCollector(Collector):
             attempts.add_metric([name], backend.attempts_total)
             failures.add_metric([name], backend.failures_total)
             latency.add_metric([name], backend.latency_ewma)
-        _add_requests(requests, durations, NO_BACKEND, pool.unrouted)
+        _add_requests(requests, durations, NO_BACKEND, control.registry.unrouted)
         sticky = GaugeMetricFamily(
             "balancer_sticky_store_available",
             "1 when the session store answers (Redis reachable; always 1 in process)",
             labels=["store"],
         )
-        sticky.add_metric([self.store.kind], 1.0 if self.store.available else 0.0)
+        sticky.add_metric([store.kind], 1.0 if store.available else 0.0)
         queued = GaugeMetricFamily("balancer_queued_requests", "Requests waiting for a slot")
         queued.add_metric([], pool.queued)
         yield from (requests, durations, healthy, in_flight, breaker, attempts, failures, latency)
@@ -131,9 +132,9 @@ def _le(bound: float) -> str:
     return repr(float(bound))
 
 
-def make_registry(pool: Pool, store: SessionStore) -> CollectorRegistry:
+def make_registry(control: Control) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(PoolCollector(pool, store))
+    registry.register(PoolCollector(control))
     return registry
 
 

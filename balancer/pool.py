@@ -53,6 +53,7 @@ class Pool:
         self.queue_size = queue_size
         self.queue_timeout = queue_timeout
         self._waiters: deque[_Place] = deque()  # FIFO; a woken one stays until it leaves
+        self.successor: Pool | None = None  # the next Runtime's pool, after a reload
         for backend in backends:
             backend.on_change(self.rebuild)
             if backend.config.max_connections:
@@ -123,6 +124,8 @@ class Pool:
             async with asyncio.timeout(self.queue_timeout):
                 while True:
                     await place.woken
+                    if self.successor is not None:
+                        break  # a reload: wait in the new pool's queue instead
                     backend = self.pick(exclude, key)
                     if backend is not None or not self.all_full(exclude):
                         break  # a slot, or nothing routable any more: 503 at once
@@ -135,7 +138,16 @@ class Pool:
                 # Woken (a slot freed, a rebuild) but leaving without a backend: cancelled,
                 # timed out or 503. The wake-up goes to the next in line, never lost.
                 self._wake_waiter()
+        if backend is None and self.successor is not None:
+            return await self.successor.wait_for_slot(exclude, key)
         return backend
+
+    def succeeded_by(self, pool: Pool) -> None:
+        """A reload replaced this pool: requests queued here move to the new one's queue."""
+        self.successor = pool
+        for place in self._waiters:
+            if not place.woken.done():
+                place.woken.set_result(None)
 
     def _wake_waiter(self) -> None:
         """Wake the first in line not woken yet (the woken ones keep their places)."""

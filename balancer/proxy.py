@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,7 +24,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.http_parser import RawRequestMessage
 
 from balancer import tunnel
-from balancer.backend import Attempt, Backend
+from balancer.backend import Attempt, Backend, RequestStats
 from balancer.errors import (
     BackendTimeout,
     BadBackendResponse,
@@ -48,8 +47,7 @@ from balancer.load import parse_load
 from balancer.pool import Pool
 from balancer.response import CHUNKED_END, Sent, chunk, has_body
 from balancer.response import response_head as response_head_bytes
-from balancer.sticky import Sticky
-from balancer.strategies import needs_key
+from balancer.runtime import Runtime
 from balancer.upstream import ResponseHead, UpstreamConnection
 
 if TYPE_CHECKING:
@@ -73,53 +71,25 @@ class StickyPlan:
     cookie: str | None
 
 
-class RetryBudget:
-    """Retries in flight at most `percent` of requests in flight, but `minimum` always."""
-
-    def __init__(self, percent: float, minimum: int) -> None:
-        self.fraction = percent / 100.0
-        self.minimum = minimum
-        self.in_flight = 0
-
-    def allows(self, requests_in_flight: int) -> bool:
-        return self.in_flight < max(self.minimum, self.fraction * requests_in_flight)
-
-
 class Proxy:
+    """The request path over the current Runtime (runtime.py), read once per request."""
+
     def __init__(
         self,
-        pool: Pool,
+        runtime: Runtime,
+        unrouted: RequestStats,
         *,
-        retries: int,
-        retry_budget: RetryBudget,
-        max_body: int,
-        retry_after: int,
-        client_body_timeout: float = 60.0,
-        client_send_timeout: float = 60.0,
-        tunnel_idle_timeout: float = 3600.0,
-        proto: str = "http",
-        hash_on: str = "ip",
-        hash_name: str | None = None,
-        sticky: Sticky | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.pool = pool
-        self.retries = retries
-        self.retry_budget = retry_budget
-        self.max_body = max_body
-        self.retry_after = str(max(1, math.ceil(retry_after)))
-        self.proto = proto
-        self.client_body_timeout = client_body_timeout
-        self.client_send_timeout = client_send_timeout
-        self.tunnel_idle_timeout = tunnel_idle_timeout
-        self.sticky = sticky
+        self.runtime = runtime  # swapped by the control door (control.py) on a reload
+        self.unrouted = unrouted  # requests answered without a backend, whatever the Runtime
         self.clock = clock
         # Decided once: no per-request cost when debug logging is off.
         self.debug = log.isEnabledFor(logging.DEBUG)
-        self.request_key = key_getter(hash_on, hash_name) if needs_key(pool.strategy) else None
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse | Sent:
         started = self.clock()
+        rt = self.runtime  # once: the request finishes on the Runtime it started with
         # The parsed request, read straight: BaseRequest hands each part out through a cached
         # property that costs a Python call the first time (~6% of a request, callgrind).
         message: RawRequestMessage = request._message
@@ -131,22 +101,23 @@ class Proxy:
             target = message.path
             if target[:1] != "/":
                 target = origin_form(target, raw_headers)
-            framing = request_body_framing(message.version, raw_headers, self.max_body)
+            framing = request_body_framing(message.version, raw_headers, rt.max_body)
             headers = message.headers
             websocket = _websocket_upgrade(headers)
             host = headers.get("Host")
             if host and not valid_host(host):
                 raise BadRequest(f"invalid Host {host[:100]!r}")
         except BadRequest as exc:
-            return self._answer_error(exc, None, started, close=True)
-        pool = self.pool
+            return self._answer_error(rt, exc, None, started, close=True)
+        pool = rt.pool
         client_ip = client_address(request)
-        drop_cookie = self.sticky.own_cookie if self.sticky is not None else None
+        sticky = rt.sticky
+        drop_cookie = sticky.own_cookie if sticky is not None else None
         # An HTTP/1.0 client may send no Host: each attempt then names its own backend.
         hostless = host is None
         head = b""
-        key = self.request_key(request) if self.request_key is not None else None
-        plan = await self._sticky_plan(request) if self.sticky is not None else None
+        key = rt.request_key(request) if rt.request_key is not None else None
+        plan = await self._sticky_plan(rt, request) if sticky is not None else None
         tried: list[Backend] = []
         last_error: ProxyError | None = None
         retrying = False
@@ -164,7 +135,10 @@ class Proxy:
                 if backend is None:
                     # After a failed attempt the answer is that attempt's (SPEC §4).
                     return self._answer_error(
-                        last_error or NoBackendAvailable(), tried[-1] if tried else None, started
+                        rt,
+                        last_error or NoBackendAvailable(),
+                        tried[-1] if tried else None,
+                        started,
                     )
                 tried.append(backend)
                 try:
@@ -174,14 +148,14 @@ class Proxy:
                             target,
                             raw_headers,
                             client_ip=client_ip,
-                            proto=self.proto,
+                            proto=rt.proto,
                             default_host=backend.upstream.address.encode() if hostless else b"",
                             body_framing=framing,
                             upgrade=websocket,
                             drop_cookie=drop_cookie,
                         )
                     return await self._attempt(
-                        backend, request, message, head, framing, websocket, started, plan
+                        rt, backend, request, message, head, framing, websocket, started, plan
                     )
                 except ClientGone as exc:
                     self._client_gone(method, request.raw_path, backend, started, exc.detail)
@@ -195,22 +169,22 @@ class Proxy:
                 except ProxyError as exc:
                     last_error = exc
                     if exc.client_fault:  # the client's (its body): answer and close
-                        return self._answer_error(exc, backend, started, close=True)
-                    if not self._may_retry(exc, method, framing, len(tried), backend):
-                        return self._answer_error(exc, backend, started)
+                        return self._answer_error(rt, exc, backend, started, close=True)
+                    if not self._may_retry(rt, exc, method, framing, len(tried), backend):
+                        return self._answer_error(rt, exc, backend, started)
                     if not retrying:
                         retrying = True
-                        self.retry_budget.in_flight += 1
+                        rt.retry_budget.in_flight += 1
                     log.info(
                         "retrying %s %s after %s: %s", method, request.raw_path, backend.name, exc
                     )
         finally:
             if retrying:
-                self.retry_budget.in_flight -= 1
+                rt.retry_budget.in_flight -= 1
 
-    async def _sticky_plan(self, request: web.BaseRequest) -> StickyPlan:
+    async def _sticky_plan(self, rt: Runtime, request: web.BaseRequest) -> StickyPlan:
         """Where the client is pinned, if anywhere it can still go, and what to remember."""
-        sticky = self.sticky
+        sticky = rt.sticky
         assert sticky is not None
         key = sticky.key(request)
         if key is None:
@@ -219,20 +193,21 @@ class Proxy:
             key, cookie = sticky.new_cookie()  # a new client: it gets the cookie
             return StickyPlan(key, None, cookie)
         name = await sticky.store.get(key)
-        pinned = self.pool.by_name(name) if name is not None else None
+        pinned = rt.pool.by_name(name) if name is not None else None
         if pinned is not None and (not pinned.takes_sticky or pinned.full):
             pinned = None  # re-pinned to whatever the strategy picks (SPEC §2)
         return StickyPlan(key, pinned, None)
 
     async def _stick(
         self,
+        rt: Runtime,
         plan: StickyPlan,
         backend: Backend,
         response_head: ResponseHead,
         request: web.BaseRequest,
     ) -> bytes | None:
         """Remember the mapping before the response goes out; the cookie line to add."""
-        sticky = self.sticky
+        sticky = rt.sticky
         assert sticky is not None
         if sticky.mode == "learn":
             learned = sticky.learned_key(response_head.raw_headers)
@@ -245,11 +220,11 @@ class Proxy:
             await sticky.store.set(plan.key, backend.name)
         if plan.cookie is None:
             return None
-        secure = self.proto == "https" or request.headers.get("X-Forwarded-Proto") == "https"
+        secure = rt.proto == "https" or request.headers.get("X-Forwarded-Proto") == "https"
         return sticky.set_cookie_line(plan.cookie, secure)
 
     async def _upload(
-        self, request: web.BaseRequest, conn: UpstreamConnection, framing: bytes
+        self, rt: Runtime, request: web.BaseRequest, conn: UpstreamConnection, framing: bytes
     ) -> None:
         """Stream the client's body to the backend, re-framed as the head announced.
 
@@ -262,7 +237,7 @@ class Proxy:
             request.transport.write(CONTINUE)  # type: ignore[union-attr]
         content = request.content
         chunked = framing.startswith(b"Transfer-Encoding")
-        max_body, idle = self.max_body, self.client_body_timeout
+        max_body, idle = rt.max_body, rt.client_body_timeout
         received = 0
         while True:
             try:
@@ -288,9 +263,15 @@ class Proxy:
         conn.request_sent()
 
     def _may_retry(
-        self, exc: ProxyError, method: str, framing: bytes | None, tries: int, backend: Backend
+        self,
+        rt: Runtime,
+        exc: ProxyError,
+        method: str,
+        framing: bytes | None,
+        tries: int,
+        backend: Backend,
     ) -> bool:
-        if tries > self.retries:
+        if tries > rt.retries:
             return False
         if not exc.sent:
             pass  # never reached a backend: any method may go elsewhere (SPEC §4)
@@ -303,10 +284,11 @@ class Proxy:
             # must go somewhere, and that is no storm, so the budget does not apply. When a
             # backend dies with requests in flight, they all fail at once, far past the budget.
             return True
-        return self.retry_budget.allows(self.pool.in_flight)
+        return rt.retry_budget.allows(rt.pool.in_flight)
 
     async def _attempt(
         self,
+        rt: Runtime,
         backend: Backend,
         request: web.BaseRequest,
         message: RawRequestMessage,
@@ -336,7 +318,7 @@ class Proxy:
                         conn.send_head(head, message.method)
                         response_head = await conn.read_head()
                 else:
-                    upload = asyncio.ensure_future(self._upload(request, conn, framing))
+                    upload = asyncio.ensure_future(self._upload(rt, request, conn, framing))
                     response_head = await _head_or_upload_failure(conn, upload)
                 attempt.head_received(response_head.status)
                 if conn.reported_load is not None:
@@ -351,7 +333,7 @@ class Proxy:
                     client_keep_alive = False
                 extra = None
                 if plan is not None:
-                    extra = await self._stick(plan, backend, response_head, request)
+                    extra = await self._stick(rt, plan, backend, response_head, request)
                 if response_head.status == 101:
                     if websocket is None:
                         raise BadBackendResponse("backend switched protocols unasked")
@@ -361,7 +343,7 @@ class Proxy:
                         response_head,
                         attempt,
                         self._finish,
-                        self.tunnel_idle_timeout,
+                        rt.tunnel_idle_timeout,
                     )
                 with_body = has_body(message.method, response_head.status)
                 if conn.complete or not with_body:
@@ -378,6 +360,7 @@ class Proxy:
                     )
                 else:
                     sent = await self._stream(
+                        rt,
                         request,
                         conn,
                         response_head,
@@ -436,6 +419,7 @@ class Proxy:
 
     async def _stream(
         self,
+        rt: Runtime,
         request: web.BaseRequest,
         conn: UpstreamConnection,
         response_head: ResponseHead,
@@ -485,7 +469,7 @@ class Proxy:
                     # The client is slower than the backend: wait for it, but not forever
                     # (as nginx's send_timeout); the backend is paused meanwhile.
                     try:
-                        async with asyncio.timeout(self.client_send_timeout):
+                        async with asyncio.timeout(rt.client_send_timeout):
                             await writer.drain()
                     except TimeoutError:
                         raise ClientGone("client took no response bytes") from None
@@ -521,11 +505,17 @@ class Proxy:
         self._finish(backend, 499, started)
 
     def _finish(self, backend: Backend | None, status: int, started: float) -> None:
-        stats = backend.requests if backend is not None else self.pool.unrouted
+        stats = backend.requests if backend is not None else self.unrouted
         stats.record(status, self.clock() - started)
 
     def _answer_error(
-        self, error: ProxyError, backend: Backend | None, started: float, *, close: bool = False
+        self,
+        rt: Runtime,
+        error: ProxyError,
+        backend: Backend | None,
+        started: float,
+        *,
+        close: bool = False,
     ) -> web.Response:
         status = error.status
         if isinstance(error, BadRequest):
@@ -536,7 +526,7 @@ class Proxy:
             log.warning("%s: %s", backend.name if backend else "-", error)
         response = OwnResponse(status=status, text=f"{status} {_phrase(status)}\n")
         if status == 503:
-            response.headers["Retry-After"] = self.retry_after
+            response.headers["Retry-After"] = rt.retry_after
         if close:
             response.force_close()
         self._finish(backend, status, started)
@@ -620,32 +610,6 @@ def _why_not(backend: Backend) -> str:
 def _completed(upload: asyncio.Task[None]) -> bool:
     """Whether the whole body went up: only then may the connection serve another request."""
     return upload.done() and not upload.cancelled() and upload.exception() is None
-
-
-def key_getter(on: str, name: str | None) -> Callable[[web.BaseRequest], bytes | None]:
-    """What consistent_hash hashes (`hash.on`): the client IP, a header or a cookie. The IP is
-    the peer's address, never X-Forwarded-For (any client can write that header)."""
-    if on == "header" and name:
-        field = name
-
-        def header(request: web.BaseRequest) -> bytes | None:
-            value = request.headers.get(field)
-            return value.encode("latin-1", "replace") if value is not None else None
-
-        return header
-    if on == "cookie" and name:
-        cookie = name
-
-        def from_cookie(request: web.BaseRequest) -> bytes | None:
-            value = request.cookies.get(cookie)
-            return value.encode("utf-8", "replace") if value is not None else None
-
-        return from_cookie
-
-    def client_ip(request: web.BaseRequest) -> bytes | None:
-        return client_address(request).encode() or None
-
-    return client_ip
 
 
 def _websocket_upgrade(headers: CIMultiDictProxy[str]) -> bytes | None:

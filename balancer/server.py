@@ -13,22 +13,16 @@ from aiohttp import web
 
 from balancer import __version__
 from balancer.admin import make_admin_app
-from balancer.backend import Backend
-from balancer.breaker import Breaker
-from balancer.config import Address, BackendConfig, Config
+from balancer.config import Address, Config
+from balancer.control import Control
 from balancer.fdlimit import raise_fd_limit
 from balancer.front import FrontServer
 from balancer.front_admin import AdminRunner
 from balancer.health import HealthChecker
 from balancer.listener import CappedSite, ConnectionGate, bind
-from balancer.pool import Pool
-from balancer.proxy import Proxy, RetryBudget
-from balancer.sticky import Sticky
-from balancer.sticky.redis_store import RedisStore
-from balancer.sticky.signing import CookieSigner, make_signer
-from balancer.sticky.store import MemoryStore, SessionStore
-from balancer.strategies import make_strategy
-from balancer.upstream import UpstreamPool
+from balancer.proxy import Proxy
+from balancer.registry import Registry
+from balancer.sticky.store import SessionStore
 
 log = logging.getLogger("balancer")
 
@@ -51,47 +45,6 @@ def check_parser() -> None:
             "aiohttp is using its pure-Python HTTP parser (C extension missing or "
             "AIOHTTP_NO_EXTENSIONS set); refusing to serve with it"
         )
-
-
-def build_backend(config: Config, bc: BackendConfig, loop: asyncio.AbstractEventLoop) -> Backend:
-    upstream = UpstreamPool(
-        bc.host,
-        bc.port,
-        use_tls=bc.scheme == "https",
-        connect_timeout=config.timeouts.connect,
-        read_timeout=config.timeouts.read,
-        loop=loop,
-        idle_timeout=config.timeouts.upstream_idle,
-    )
-    breaker_config = config.circuit_breaker
-    backend = Backend(bc, upstream, failure_statuses=frozenset(breaker_config.failure_statuses))
-    backend.breaker = Breaker(
-        bc.name,
-        breaker_config.failure_threshold,
-        breaker_config.reset_timeout,
-        loop=loop,
-        on_change=backend.breaker_changed,
-        rise=config.health_check.rise,
-    )
-    return backend
-
-
-def make_store(config: Config) -> SessionStore:
-    """Redis when `redis.url` is set (shared by every instance), else this process."""
-    if config.redis.url:
-        return RedisStore(config.redis.url, config.sticky.ttl, call_timeout=config.redis.timeout)
-    return MemoryStore(config.sticky.ttl)
-
-
-def build_pool(config: Config, loop: asyncio.AbstractEventLoop) -> Pool:
-    backends = tuple(build_backend(config, bc, loop) for bc in config.backends)
-    return Pool(
-        backends,
-        make_strategy(config.strategy, adaptive=config.adaptive),
-        slow_start=config.slow_start,
-        queue_size=config.queue.size,
-        queue_timeout=config.queue.timeout,
-    )
 
 
 def _url(sockname: tuple[str, int] | tuple[str, int, int, int]) -> str:
@@ -141,6 +94,8 @@ async def serve(
     announce: Callable[[str], None] = print,
     proxy_sockets: list[socket.socket] | None = None,
     admin_path: str | None = None,
+    config_path: str | None = None,
+    overrides: Callable[[Config], Config] = lambda config: config,
 ) -> int:
     """Run until SIGTERM/SIGINT, then shut down gracefully (SPEC §1). The exit status: 0, or
     1 when a second signal cut the requests still in flight.
@@ -151,39 +106,23 @@ async def serve(
     check_parser()
     raise_fd_limit(config.limits.max_connections)
     loop = asyncio.get_running_loop()
-    pool = build_pool(config, loop)
-    store = make_store(config)
-    if isinstance(store, RedisStore):
-        await store.connect()  # never blocks start: a Redis that is down is retried
-    sticky = None
-    if config.sticky.mode != "off":
-        signer: CookieSigner | None = None
-        if config.sticky.mode == "cookie":  # before serving: SPEC §2 loads the secret first
-            signer = await make_signer(config.sticky.secret, store)
-        sticky = Sticky(config.sticky, store, signer)
-    proxy = Proxy(
-        pool,
-        retries=config.retries,
-        retry_budget=RetryBudget(config.retry_budget.percent, config.retry_budget.min_concurrency),
-        max_body=config.limits.max_body,
-        retry_after=max(1, round(config.health_check.interval)),
-        client_body_timeout=config.timeouts.client_body,
-        client_send_timeout=config.timeouts.client_send,
-        tunnel_idle_timeout=config.timeouts.tunnel_idle,
-        hash_on=config.hash.on,
-        hash_name=config.hash.name,
-        sticky=sticky,
-    )
+    registry = Registry(loop)
+    control = Control(config, path=config_path, overrides=overrides, registry=registry)
+    runtime = await control.first()
+    proxy = Proxy(runtime, registry.unrouted)
+    control.proxy = proxy
     gate = ConnectionGate(config.limits.max_connections)
     front = FrontServer(proxy.handle, limits=config.limits, timeouts=config.timeouts, gate=gate)
     runner = web.ServerRunner(front, handle_signals=False, shutdown_timeout=config.shutdown_timeout)
+    control.front, control.gate = front, gate
     admin_runner = AdminRunner(  # the front's head deadline and limits (SPEC §4)
-        make_admin_app(config, pool, store),
+        make_admin_app(control),
         limits=config.limits,
         timeouts=config.timeouts,
         handle_signals=False,
     )
-    health = HealthChecker(pool.backends, config.health_check, loop=loop)
+    health = HealthChecker(runtime.pool.backends, config.health_check, loop=loop)
+    control.health = health
     await runner.setup()
     await admin_runner.setup()
     try:
@@ -197,30 +136,32 @@ async def serve(
         ]
         for what, url in listeners:
             announce(f"{what} listening on {url}")
-        for backend in pool.backends:
+        for backend in runtime.pool.backends:
             announce(f"backend {backend.name} {backend.url} weight {backend.weight}")
         sys.stdout.flush()
-        _log_start(config, store, listeners)
+        _log_start(config, control.store, listeners)
         health.start()
-        await _wait_for_stop(loop)
+        await _wait_for_stop(loop, control)
         log.info(
             "stopping: no new connections; waiting up to %gs for %d request(s) in flight",
             config.shutdown_timeout,
-            pool.in_flight,
+            in_flight(control),
         )
     finally:
         # aiohttp's cleanup is the numbered shutdown: stop accepting, close idle keep-alive
         # connections, wait for in-flight handlers up to shutdown_timeout, cancel the rest.
         cut: list[int] = []
-        deadline = loop.call_later(config.shutdown_timeout, lambda: cut.append(pool.in_flight))
-        interrupted = await _drain(loop, runner, front, pool)
+        deadline = loop.call_later(
+            config.shutdown_timeout, lambda: cut.append(in_flight(control))
+        )
+        interrupted = await _drain(loop, runner, front, control)
         deadline.cancel()
         if cut and cut[0] and not interrupted:
             log.warning("shutdown_timeout passed: cancelled %d request(s) still in flight", cut[0])
         await health.stop()
         await admin_runner.cleanup()
-        await store.close()
-        pool.close()
+        await control.store.close()
+        registry.close()
     log.info("stopped")
     return 1 if interrupted else 0
 
@@ -245,8 +186,14 @@ def _log_start(config: Config, store: SessionStore, listeners: list[tuple[str, s
         log.info("backend %s %s weight %d%s", backend.name, backend.url, backend.weight, extra)
 
 
+def in_flight(control: Control) -> int:
+    """Requests in flight to every backend, those retiring after a reload included."""
+    registry = control.registry
+    return sum(b.in_flight for b in (*registry.backends.values(), *registry.retiring))
+
+
 async def _drain(
-    loop: asyncio.AbstractEventLoop, runner: web.BaseRunner, front: FrontServer, pool: Pool
+    loop: asyncio.AbstractEventLoop, runner: web.BaseRunner, front: FrontServer, control: Control
 ) -> bool:
     """Let in-flight requests finish (runner.cleanup); a second SIGTERM/SIGINT meanwhile cuts
     them at once (SPEC §1). Returns whether it did."""
@@ -260,7 +207,7 @@ async def _drain(
         if cleanup.done():
             await cleanup
             return False
-        log.warning("second signal: cutting %d request(s) still in flight", pool.in_flight)
+        log.warning("second signal: cutting %d request(s) still in flight", in_flight(control))
         front.cut_all()
         await cleanup
         return True
@@ -270,14 +217,20 @@ async def _drain(
             loop.remove_signal_handler(sig)
 
 
-async def _wait_for_stop(loop: asyncio.AbstractEventLoop) -> None:
+async def _wait_for_stop(loop: asyncio.AbstractEventLoop, control: Control) -> None:
+    """Until SIGTERM/SIGINT; each SIGHUP meanwhile reloads the file (SPEC §1, §6)."""
     stop = asyncio.Event()
+    reloads: set[asyncio.Task[object]] = set()
+
+    def reload() -> None:
+        log.info("SIGHUP: reloading %s", control.path)
+        task: asyncio.Task[object] = loop.create_task(control.reload())
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    # SIGHUP's default action would kill the process; reload arrives with live reload.
-    loop.add_signal_handler(
-        signal.SIGHUP, lambda: log.warning("SIGHUP: live reload is not available yet")
-    )
+    loop.add_signal_handler(signal.SIGHUP, reload)
     try:
         await stop.wait()
     finally:

@@ -80,7 +80,7 @@ async def test_a_probe_that_raises_is_a_failed_probe_and_probing_goes_on(
     try:
         await eventually(lambda: backend.health == "unhealthy")  # fall: 2 failures counted
         await eventually(lambda: checker.failed_probes["b0"] >= 10)  # and probing went on
-        assert not any(task.done() for task in checker._tasks)
+        assert not any(task.done() for task in checker._tasks.values())
     finally:
         await checker.stop()
         await server.stop()

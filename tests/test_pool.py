@@ -7,8 +7,8 @@ from collections.abc import Callable
 
 import pytest
 
-from balancer.backend import Attempt, Backend
-from balancer.config import BackendConfig
+from balancer.backend import Attempt, Backend, RequestStats
+from balancer.config import BackendConfig, parse_config
 from balancer.errors import (
     BackendDropped,
     BackendTimeout,
@@ -17,7 +17,9 @@ from balancer.errors import (
     ProxyError,
 )
 from balancer.pool import Pool
-from balancer.proxy import Proxy, RetryBudget
+from balancer.proxy import Proxy
+from balancer.retry_budget import RetryBudget
+from balancer.runtime import Runtime
 from balancer.strategies import STRATEGIES, UnknownStrategy, make_strategy
 from balancer.strategies.round_robin import RoundRobin
 from balancer.upstream import UpstreamPool
@@ -44,6 +46,24 @@ async def make_backends() -> MakeBackends:
         return tuple(made)
 
     return make
+
+
+def proxy_over(pool: Pool, retries: int, budget: RetryBudget) -> tuple[Proxy, Runtime]:
+    """A Proxy whose Runtime is `pool` with these retry settings (the rest as defaults)."""
+    runtime = Runtime(
+        config=parse_config("backends:\n  - url: http://127.0.0.1:9001\n"),
+        pool=pool,
+        retry_budget=budget,
+        sticky=None,
+        request_key=None,
+        retry_after="1",
+        retries=retries,
+        max_body=0,
+        client_body_timeout=60,
+        client_send_timeout=60,
+        tunnel_idle_timeout=3600,
+    )
+    return Proxy(runtime, RequestStats()), runtime
 
 
 def pick_names(pool: Pool, n: int) -> list[str]:
@@ -246,21 +266,21 @@ async def test_may_retry(
     retried: bool,
 ) -> None:
     pool = Pool(make_backends("a", "b"), RoundRobin())
-    proxy = Proxy(pool, retries=1, retry_budget=RetryBudget(20, 3), max_body=0, retry_after=1)
-    assert proxy._may_retry(error, method, framing, tries, pool.backends[0]) is retried
+    proxy, runtime = proxy_over(pool, 1, RetryBudget(20, 3))
+    assert proxy._may_retry(runtime, error, method, framing, tries, pool.backends[0]) is retried
 
 
 async def test_may_retry_respects_the_budget(make_backends: MakeBackends) -> None:
     pool = Pool(make_backends("a", "b"), RoundRobin())
     budget = RetryBudget(20, 1)
-    proxy = Proxy(pool, retries=3, retry_budget=budget, max_body=0, retry_after=1)
+    proxy, runtime = proxy_over(pool, 3, budget)
     failed = pool.backends[0]
-    assert proxy._may_retry(ConnectFailed(), "GET", None, 1, failed)
+    assert proxy._may_retry(runtime, ConnectFailed(), "GET", None, 1, failed)
     budget.in_flight = 1
-    assert not proxy._may_retry(ConnectFailed(), "GET", None, 1, failed)
+    assert not proxy._may_retry(runtime, ConnectFailed(), "GET", None, 1, failed)
     # Away from a backend that is out (breaker open, unhealthy, disabled): not budgeted.
     failed.set_health("unhealthy")
-    assert proxy._may_retry(ConnectFailed(), "GET", None, 1, failed)
+    assert proxy._may_retry(runtime, ConnectFailed(), "GET", None, 1, failed)
 
 
 # -- the queue for a slot (every candidate at its max_connections) ------------------------------
