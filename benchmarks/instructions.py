@@ -68,6 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--duration", type=float, default=10, help="seconds counted per proxy")
     ap.add_argument("--only", default="balancer,naive")
+    ap.add_argument("--keep", help="copy the callgrind files here (for callgrind_annotate)")
     args = ap.parse_args(argv)
     missing = [t for t in ("valgrind", "callgrind_control", "wrk") if not shutil.which(t)]
     if missing:
@@ -99,6 +100,10 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"unknown: {name}", file=sys.stderr)
                     return 2
                 r = results[name]
+                if args.keep:
+                    Path(args.keep).mkdir(parents=True, exist_ok=True)
+                    for path in procs.tmp.glob(f"{name}.callgrind*"):
+                        shutil.copy(path, Path(args.keep) / path.name)
                 run.note(
                     f"{name}: {r['per_request']:,.0f} per request ({r['requests']:.0f} requests)"
                 )
