@@ -756,6 +756,8 @@ class Config:
     workers: int = field(default=1, metadata=_rule(_workers))
     log_level: str = field(default="INFO", metadata=_text_rule(_log_level))
     shutdown_timeout: float = field(default=30.0, metadata=_rule(_DURATION))
+    # Reload when the file changes, as SIGHUP does (an extension of SPEC §6; off by default).
+    watch: bool = field(default=False, metadata=_rule(_boolean))
     admin: AdminConfig = field(default_factory=AdminConfig)
     strategy: str = field(default="round_robin", metadata=_text_rule(_strategy))
     hash: HashConfig = field(default_factory=HashConfig)

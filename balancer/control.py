@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -92,6 +93,7 @@ class Control:
     ) -> None:
         self.config = config
         self.path = path
+        self._watched = os.path.abspath(path) if path is not None else ""
         self.overrides = overrides
         self.registry = registry
         self.proxy = proxy
@@ -125,6 +127,29 @@ class Control:
                 self._signer = await make_signer(config.sticky.secret, self.store)
             signer = self._signer
         return Sticky(config.sticky, self.store, signer)
+
+    async def watch(self, stop: asyncio.Event) -> None:
+        """`watch: true`: reload whenever the file changes, until `stop` (or `watch` turns
+        false in a reload). The directory is watched, so an editor that saves by renaming a
+        new file over the old one is seen too."""
+        import watchfiles
+
+        if self.path is None:
+            return
+        target = self._watched
+
+        def ours(change: watchfiles.Change, path: str) -> bool:
+            return os.path.abspath(path) == target
+
+        log.info("watching %s: a change reloads it", self.path)
+        async for _ in watchfiles.awatch(
+            os.path.dirname(target), watch_filter=ours, stop_event=stop, debounce=200
+        ):
+            log.info("%s changed: reloading", self.path)
+            await self.reload()
+            if not self.config.watch:
+                log.info("watch is off now: no longer watching %s", self.path)
+                return
 
     async def reload(self) -> Outcome:
         """Re-read the file and serve it, or refuse it whole and say why."""

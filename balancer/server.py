@@ -141,7 +141,15 @@ async def serve(
         sys.stdout.flush()
         _log_start(config, control.store, listeners)
         health.start()
-        await _wait_for_stop(loop, control)
+        stop_watching = asyncio.Event()
+        watcher = loop.create_task(control.watch(stop_watching)) if config.watch else None
+        try:
+            await _wait_for_stop(loop, control)
+        finally:
+            stop_watching.set()
+            if watcher is not None:
+                watcher.cancel()
+                await asyncio.gather(watcher, return_exceptions=True)
         log.info(
             "stopping: no new connections; waiting up to %gs for %d request(s) in flight",
             config.shutdown_timeout,

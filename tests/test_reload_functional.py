@@ -265,3 +265,29 @@ async def test_breaker_and_health_state_survive_a_reload_and_new_checks_apply_li
         return states == ["unhealthy", "unhealthy"]
 
     await eventually(unhealthy, timeout=5)
+
+
+async def test_watch_reloads_when_the_file_changes_and_keeps_serving_on_a_bad_edit(
+    backends: list[Backend], balancer_factory: StartBalancer, session: aiohttp.ClientSession
+) -> None:
+    balancer = await balancer_factory([backends[0].url], "watch: true\n")
+    await eventually(lambda: "watching" in balancer.stderr())
+    write(balancer, [("b0", backends[0].url, 1), ("b1", backends[1].url, 1)], "watch: true\n")
+
+    async def names() -> list[str]:
+        return [b["name"] for b in (await status(session, balancer))["backends"]]
+
+    await eventually(lambda: names_are(names, ["b0", "b1"]), timeout=10)
+    # Saved by renaming a new file over the old one, as many editors do.
+    replacement = config_file(balancer).with_suffix(".new")
+    replacement.write_text(
+        config_file(balancer).read_text() + "strategy: fastest\n"
+    )
+    replacement.replace(config_file(balancer))
+    await eventually(lambda: "reload refused" in balancer.stderr(), timeout=10)
+    assert await names() == ["b0", "b1"]
+    assert set(await served_by(session, balancer, 4)) == {"b0", "b1"}
+
+
+async def names_are(names: Any, expected: list[str]) -> bool:
+    return bool(await names() == expected)
