@@ -1,11 +1,16 @@
-"""The request path: validate, pick, forward, stream back, retry when safe.
+"""The request path: its stages in order, over the Runtime read once (pipeline/ has each).
 
 proxy.handle(request)
-  ├─ wire checks (headers.py): reject ambiguous framing, build the forwarded head once
-  ├─ pool.pick(exclude=tried)            → a backend, or 503 at once
-  ├─ with backend.attempt() as attempt:  ← the one place that counts (backend.py)
-  │      upstream: send head + body, read head, stream the body back
-  └─ on a failure before any response byte went to the client: retry if SPEC §4 allows
+  ├─ validate: wire checks (headers.py), a 4xx for what is never forwarded
+  ├─ sticky lookup (pipeline/sticky_stage.py)
+  ├─ select: pool.pick(exclude=tried), a backend or 503 at once (pipeline/decision.py
+  │    says why at debug)
+  ├─ forward in backend.attempt(), the one place that counts (backend.py): the head and
+  │    the body up (pipeline/upload.py), the response head back
+  ├─ sticky remember (pipeline/sticky_stage.py)
+  ├─ respond: the one writer (pipeline/respond.py)
+  └─ a failure before any response byte went out: retried when SPEC §4 allows
+       (pipeline/retry.py)
 """
 
 from __future__ import annotations
@@ -15,60 +20,38 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from http import HTTPStatus
 from typing import TYPE_CHECKING
 
-from aiohttp import HttpVersion, web
-from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp import web
 from aiohttp.http_parser import RawRequestMessage
 
 from balancer import tunnel
-from balancer.backend import Attempt, Backend, RequestStats
+from balancer.backend import Backend, RequestStats
 from balancer.errors import (
-    BackendTimeout,
     BadBackendResponse,
     BadRequest,
     ClientGone,
-    ClientTimeout,
     NoBackendAvailable,
     ProxyError,
     StaleConnection,
 )
-from balancer.front import OwnResponse, client_address
-from balancer.headers import (
-    content_length,
-    origin_form,
-    request_body_framing,
-    request_head,
-    valid_host,
-)
+from balancer.front import client_address
+from balancer.headers import origin_form, request_body_framing, request_head, valid_host
 from balancer.load import parse_load
-from balancer.pool import Pool
-from balancer.response import CHUNKED_END, Sent, chunk, has_body
-from balancer.response import response_head as response_head_bytes
+from balancer.pipeline.decision import log_decision
+from balancer.pipeline.respond import answer_error, respond_now, stream
+from balancer.pipeline.retry import IDEMPOTENT, may_retry
+from balancer.pipeline.sticky_stage import StickyPlan, stick, sticky_plan
+from balancer.pipeline.upload import completed, head_or_upload_failure
+from balancer.pipeline.upload import upload as upload_body
+from balancer.response import Sent, has_body
 from balancer.runtime import Runtime
-from balancer.upstream import ResponseHead, UpstreamConnection
 
 if TYPE_CHECKING:
     from multidict import CIMultiDictProxy  # aiohttp's own dependency
 
 log = logging.getLogger("balancer.proxy")
 
-# RFC 9110 9.2.2: methods whose repetition has the same effect as one request.
-IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
-HTTP11 = HttpVersion(1, 1)
-CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
-
-
-@dataclass(slots=True)
-class StickyPlan:
-    """A request's sticky session: its key, the backend it is pinned to (None: the strategy
-    picks, and the key is remembered), and a new cookie to issue (cookie mode)."""
-
-    key: str | None
-    pinned: Backend | None
-    cookie: str | None
 
 
 class Proxy:
@@ -108,7 +91,7 @@ class Proxy:
             if host and not valid_host(host):
                 raise BadRequest(f"invalid Host {host[:100]!r}")
         except BadRequest as exc:
-            return self._answer_error(rt, exc, None, started, close=True)
+            return answer_error(self._finish, rt, exc, None, started, close=True)
         pool = rt.pool
         client_ip = client_address(request)
         sticky = rt.sticky
@@ -117,7 +100,7 @@ class Proxy:
         hostless = host is None
         head = b""
         key = rt.request_key(request) if rt.request_key is not None else None
-        plan = await self._sticky_plan(rt, request) if sticky is not None else None
+        plan = await sticky_plan(rt, request) if sticky is not None else None
         tried: list[Backend] = []
         last_error: ProxyError | None = None
         retrying = False
@@ -131,10 +114,11 @@ class Proxy:
                 if backend is None and pool.all_full(tried):
                     backend = await pool.wait_for_slot(tried, key)
                 if self.debug:
-                    _log_decision(method, request.raw_path, pool, backend, tried, plan)
+                    log_decision(method, request.raw_path, pool, backend, tried, plan)
                 if backend is None:
                     # After a failed attempt the answer is that attempt's (SPEC §4).
-                    return self._answer_error(
+                    return answer_error(
+                        self._finish,
                         rt,
                         last_error or NoBackendAvailable(),
                         tried[-1] if tried else None,
@@ -169,9 +153,9 @@ class Proxy:
                 except ProxyError as exc:
                     last_error = exc
                     if exc.client_fault:  # the client's (its body): answer and close
-                        return self._answer_error(rt, exc, backend, started, close=True)
-                    if not self._may_retry(rt, exc, method, framing, len(tried), backend):
-                        return self._answer_error(rt, exc, backend, started)
+                        return answer_error(self._finish, rt, exc, backend, started, close=True)
+                    if not may_retry(rt, exc, method, framing, len(tried), backend):
+                        return answer_error(self._finish, rt, exc, backend, started)
                     if not retrying:
                         retrying = True
                         rt.retry_budget.in_flight += 1
@@ -181,110 +165,6 @@ class Proxy:
         finally:
             if retrying:
                 rt.retry_budget.in_flight -= 1
-
-    async def _sticky_plan(self, rt: Runtime, request: web.BaseRequest) -> StickyPlan:
-        """Where the client is pinned, if anywhere it can still go, and what to remember."""
-        sticky = rt.sticky
-        assert sticky is not None
-        key = sticky.key(request)
-        if key is None:
-            if sticky.mode != "cookie":
-                return StickyPlan(None, None, None)
-            key, cookie = sticky.new_cookie()  # a new client: it gets the cookie
-            return StickyPlan(key, None, cookie)
-        name = await sticky.store.get(key)
-        pinned = rt.pool.by_name(name) if name is not None else None
-        if pinned is not None and (not pinned.takes_sticky or pinned.full):
-            pinned = None  # re-pinned to whatever the strategy picks (SPEC §2)
-        return StickyPlan(key, pinned, None)
-
-    async def _stick(
-        self,
-        rt: Runtime,
-        plan: StickyPlan,
-        backend: Backend,
-        response_head: ResponseHead,
-        request: web.BaseRequest,
-    ) -> bytes | None:
-        """Remember the mapping before the response goes out; the cookie line to add."""
-        sticky = rt.sticky
-        assert sticky is not None
-        if sticky.mode == "learn":
-            learned = sticky.learned_key(response_head.raw_headers)
-            if learned is not None:
-                await sticky.store.set(learned, backend.name)
-            elif plan.key is not None and plan.pinned is not backend:
-                await sticky.store.set(plan.key, backend.name)
-            return None
-        if plan.key is not None and plan.pinned is not backend:
-            await sticky.store.set(plan.key, backend.name)
-        if plan.cookie is None:
-            return None
-        secure = rt.proto == "https" or request.headers.get("X-Forwarded-Proto") == "https"
-        return sticky.set_cookie_line(plan.cookie, secure)
-
-    async def _upload(
-        self, rt: Runtime, request: web.BaseRequest, conn: UpstreamConnection, framing: bytes
-    ) -> None:
-        """Stream the client's body to the backend, re-framed as the head announced.
-
-        Failures are translated here: a client that stalls longer than timeouts.client_body
-        gets 408, a chunked body over limits.max_body 413, a malformed one 400 (aiohttp's
-        parser says which); the backend's failures come from conn.write as they are.
-        """
-        expect = request.headers.get("Expect")
-        if expect is not None and expect.lower() == "100-continue" and request.version >= HTTP11:
-            request.transport.write(CONTINUE)  # type: ignore[union-attr]
-        content = request.content
-        chunked = framing.startswith(b"Transfer-Encoding")
-        max_body, idle = rt.max_body, rt.client_body_timeout
-        received = 0
-        while True:
-            try:
-                async with asyncio.timeout(idle):
-                    chunk = await content.readany()
-            except TimeoutError:
-                raise ClientTimeout(f"no request body bytes for {idle:g}s") from None
-            except HttpProcessingError as exc:
-                raise BadRequest(f"malformed request body: {exc.message}") from None
-            except ConnectionError:
-                raise ClientGone() from None
-            if not chunk:
-                break
-            received += len(chunk)
-            if max_body and received > max_body:
-                raise BadRequest("request body over limits.max_body", status=413)
-            if chunked:
-                await conn.write(b"%x\r\n%b\r\n" % (len(chunk), chunk))
-            else:
-                await conn.write(chunk)
-        if chunked:
-            await conn.write(b"0\r\n\r\n")
-        conn.request_sent()
-
-    def _may_retry(
-        self,
-        rt: Runtime,
-        exc: ProxyError,
-        method: str,
-        framing: bytes | None,
-        tries: int,
-        backend: Backend,
-    ) -> bool:
-        if tries > rt.retries:
-            return False
-        if not exc.sent:
-            pass  # never reached a backend: any method may go elsewhere (SPEC §4)
-        elif isinstance(exc, BackendTimeout):
-            return False  # the backend may still be working on it (SPEC §4)
-        elif method not in IDEMPOTENT or framing is not None:
-            return False  # bytes went out: only idempotent requests with no body
-        if not backend.routable:
-            # The backend is out (its breaker opened, it is unhealthy or disabled): its share
-            # must go somewhere, and that is no storm, so the budget does not apply. When a
-            # backend dies with requests in flight, they all fail at once, far past the budget.
-            return True
-        return rt.retry_budget.allows(rt.pool.in_flight)
 
     async def _attempt(
         self,
@@ -318,13 +198,13 @@ class Proxy:
                         conn.send_head(head, message.method)
                         response_head = await conn.read_head()
                 else:
-                    upload = asyncio.ensure_future(self._upload(rt, request, conn, framing))
-                    response_head = await _head_or_upload_failure(conn, upload)
+                    upload = asyncio.ensure_future(upload_body(rt, request, conn, framing))
+                    response_head = await head_or_upload_failure(conn, upload)
                 attempt.head_received(response_head.status)
                 if conn.reported_load is not None:
                     backend.report_load(*parse_load(b"", conn.reported_load))
                 client_keep_alive = not message.should_close
-                if upload is not None and not _completed(upload):
+                if upload is not None and not completed(upload):
                     # The backend answered before it had the whole body, or the body was cut
                     # short: never reuse this connection; the client's closes after the
                     # answer (its body is unread or broken).
@@ -333,7 +213,7 @@ class Proxy:
                     client_keep_alive = False
                 extra = None
                 if plan is not None:
-                    extra = await self._stick(rt, plan, backend, response_head, request)
+                    extra = await stick(rt, plan, backend, response_head, request)
                 if response_head.status == 101:
                     if websocket is None:
                         raise BadBackendResponse("backend switched protocols unasked")
@@ -347,7 +227,8 @@ class Proxy:
                     )
                 with_body = has_body(message.method, response_head.status)
                 if conn.complete or not with_body:
-                    sent = self._respond_now(
+                    sent = respond_now(
+                        self._finish,
                         request,
                         message,
                         with_body,
@@ -359,7 +240,8 @@ class Proxy:
                         extra,
                     )
                 else:
-                    sent = await self._stream(
+                    sent = await stream(
+                        self._finish,
                         rt,
                         request,
                         conn,
@@ -382,120 +264,6 @@ class Proxy:
             conn.finish()
             return sent
 
-    def _respond_now(
-        self,
-        request: web.BaseRequest,
-        message: RawRequestMessage,
-        with_body: bool,
-        conn: UpstreamConnection,
-        response_head: ResponseHead,
-        backend: Backend,
-        started: float,
-        keep_alive: bool,
-        extra: bytes | None,
-    ) -> Sent:
-        """Send a response that is all here already (or has no body): one write."""
-        status, reason, raw, _ = response_head
-        transport = request.transport
-        if transport is None or transport.is_closing():
-            raise ClientGone()
-        body = conn.take_body() if with_body else None
-        head = response_head_bytes(
-            status,
-            reason,
-            raw,
-            http10=message.version < HTTP11,
-            keep_alive=keep_alive,
-            framing=b"Content-Length: %d" % len(body) if body is not None else None,
-            length_for_head=body is None and status != 204,  # HEAD and 304 keep it
-            extra=extra,
-        )
-        if body is not None:
-            transport.writelines((head, body))
-        else:
-            transport.write(head)
-        self._finish(backend, status, started)
-        return Sent(status, keep_alive)
-
-    async def _stream(
-        self,
-        rt: Runtime,
-        request: web.BaseRequest,
-        conn: UpstreamConnection,
-        response_head: ResponseHead,
-        attempt: Attempt,
-        backend: Backend,
-        started: float,
-        keep_alive: bool,
-        extra: bytes | None,
-    ) -> Sent:
-        """Stream a response body to the client as it arrives, re-framed."""
-        status, reason, raw, _ = response_head
-        transport = request.transport
-        if transport is None or transport.is_closing():
-            raise ClientGone()
-        method = request.method
-        http10 = request.version < HTTP11
-        length = content_length(raw)
-        chunked = False
-        framing: bytes | None
-        if length is not None:
-            framing = b"Content-Length: %d" % length
-        elif not http10:
-            framing, chunked = b"Transfer-Encoding: chunked", True
-        else:
-            framing, keep_alive = None, False  # HTTP/1.0: the end of the body is the close
-        transport.write(
-            response_head_bytes(
-                status,
-                reason,
-                raw,
-                http10=http10,
-                keep_alive=keep_alive,
-                framing=framing,
-                extra=extra,
-            )
-        )
-        writer = request.writer
-        try:
-            while data := await conn.read_chunk():
-                if transport.is_closing():
-                    raise ClientGone()
-                if chunked:
-                    transport.writelines(chunk(data))
-                else:
-                    transport.write(data)
-                if transport.get_write_buffer_size():
-                    # The client is slower than the backend: wait for it, but not forever
-                    # (as nginx's send_timeout); the backend is paused meanwhile.
-                    try:
-                        async with asyncio.timeout(rt.client_send_timeout):
-                            await writer.drain()
-                    except TimeoutError:
-                        raise ClientGone("client took no response bytes") from None
-        except ProxyError as exc:
-            # The head went out already: the only honest signal left is to cut the
-            # connection, so the client sees a short body or a missing last chunk.
-            if exc.backend_failure:
-                attempt.failed = True
-                log.warning(
-                    "%s %s: %s failed mid-response: %s",
-                    method,
-                    request.raw_path,
-                    backend.name,
-                    exc,
-                )
-            conn.close()
-            keep_alive = False
-        except ConnectionError:
-            conn.close()  # the client went away: nobody to answer
-            keep_alive = False
-        else:
-            if chunked:
-                transport.write(CHUNKED_END)
-        self._finish(backend, status, started)
-        return Sent(status, keep_alive)
-
     def _client_gone(
         self, method: str, path: str, backend: Backend, started: float, why: str
     ) -> None:
@@ -508,110 +276,6 @@ class Proxy:
         stats = backend.requests if backend is not None else self.unrouted
         stats.record(status, self.clock() - started)
 
-    def _answer_error(
-        self,
-        rt: Runtime,
-        error: ProxyError,
-        backend: Backend | None,
-        started: float,
-        *,
-        close: bool = False,
-    ) -> web.Response:
-        status = error.status
-        if isinstance(error, BadRequest):
-            log.info("refused request: %s", error)
-        elif status == 503:
-            log.warning("no backend available")
-        else:
-            log.warning("%s: %s", backend.name if backend else "-", error)
-        response = OwnResponse(status=status, text=f"{status} {_phrase(status)}\n")
-        if status == 503:
-            response.headers["Retry-After"] = rt.retry_after
-        if close:
-            response.force_close()
-        self._finish(backend, status, started)
-        return response
-
-
-async def _head_or_upload_failure(
-    conn: UpstreamConnection, upload: asyncio.Task[None]
-) -> ResponseHead:
-    """The response head, while the body is still going up; or the upload's own failure.
-
-    A backend may answer before it read the whole body (an early 413, 401); a client may send
-    a malformed, oversized or stalled body, which ends the exchange: never wait on one of the
-    two alone.
-    """
-    head = asyncio.ensure_future(conn.read_head())
-    try:
-        await asyncio.wait((head, upload), return_when=asyncio.FIRST_COMPLETED)
-        if upload.done() and not upload.cancelled():
-            failure = upload.exception()
-            # The client's own failure (a malformed, oversized or stalled body) is its answer
-            # even when the backend's head came too; a write the backend refused is not,
-            # when the backend answered (an early 413 and a close).
-            if failure is not None and (
-                not head.done() or (isinstance(failure, ProxyError) and failure.client_fault)
-            ):
-                raise failure
-        return await head
-    finally:
-        if not head.done():
-            head.cancel()
-            with contextlib.suppress(BaseException):
-                await head
-
-
-def _log_decision(
-    method: str,
-    path: str,
-    pool: Pool,
-    backend: Backend | None,
-    tried: list[Backend],
-    plan: StickyPlan | None,
-) -> None:
-    """`--log-level debug`: the pick and why every other backend was not a candidate."""
-    candidates = pool.candidates
-    excluded = []
-    for other in pool.backends:
-        if other is backend:
-            continue
-        if other in tried:
-            reason = "tried"
-        elif other not in candidates:
-            reason = _why_not(other)
-        elif other.full:
-            reason = "full"
-        else:
-            continue
-        excluded.append(f"{other.name}={reason}")
-    pinned = plan.pinned.name if plan is not None and plan.pinned is not None else None
-    log.debug(
-        "route %s %s -> %s%s; excluded: %s",
-        method,
-        path,
-        backend.name if backend is not None else "none",
-        f" (sticky pin {pinned})" if pinned else "",
-        ", ".join(excluded) or "none",
-    )
-
-
-def _why_not(backend: Backend) -> str:
-    """The rule that keeps a backend out of the candidates (SPEC §3's names)."""
-    if backend.state != "healthy":
-        return backend.state  # unhealthy, draining, disabled
-    if backend.weight == 0:
-        return "weight_0"
-    if backend.breaker is not None and not backend.breaker.admits_new:
-        return "breaker_open"
-    return "backup"
-
-
-def _completed(upload: asyncio.Task[None]) -> bool:
-    """Whether the whole body went up: only then may the connection serve another request."""
-    return upload.done() and not upload.cancelled() and upload.exception() is None
-
-
 def _websocket_upgrade(headers: CIMultiDictProxy[str]) -> bytes | None:
     """The Upgrade value when the request asks for a WebSocket (the only one tunnelled)."""
     upgrade = headers.get("Upgrade")
@@ -623,8 +287,3 @@ def _websocket_upgrade(headers: CIMultiDictProxy[str]) -> bytes | None:
     return upgrade.encode("latin-1")
 
 
-def _phrase(status: int) -> str:
-    try:
-        return HTTPStatus(status).phrase
-    except ValueError:
-        return ""

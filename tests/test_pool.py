@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import pytest
 
-from balancer.backend import Attempt, Backend, RequestStats
+from balancer.backend import Attempt, Backend
 from balancer.config import BackendConfig, parse_config
 from balancer.errors import (
     BackendDropped,
@@ -16,8 +16,8 @@ from balancer.errors import (
     ConnectFailed,
     ProxyError,
 )
+from balancer.pipeline.retry import may_retry
 from balancer.pool import Pool
-from balancer.proxy import Proxy
 from balancer.retry_budget import RetryBudget
 from balancer.runtime import Runtime
 from balancer.strategies import STRATEGIES, UnknownStrategy, make_strategy
@@ -48,8 +48,8 @@ async def make_backends() -> MakeBackends:
     return make
 
 
-def proxy_over(pool: Pool, retries: int, budget: RetryBudget) -> tuple[Proxy, Runtime]:
-    """A Proxy whose Runtime is `pool` with these retry settings (the rest as defaults)."""
+def runtime_over(pool: Pool, retries: int, budget: RetryBudget) -> Runtime:
+    """A Runtime of `pool` with these retry settings (the rest as defaults)."""
     runtime = Runtime(
         config=parse_config("backends:\n  - url: http://127.0.0.1:9001\n"),
         pool=pool,
@@ -63,7 +63,7 @@ def proxy_over(pool: Pool, retries: int, budget: RetryBudget) -> tuple[Proxy, Ru
         client_send_timeout=60,
         tunnel_idle_timeout=3600,
     )
-    return Proxy(runtime, RequestStats()), runtime
+    return runtime
 
 
 def pick_names(pool: Pool, n: int) -> list[str]:
@@ -266,21 +266,21 @@ async def test_may_retry(
     retried: bool,
 ) -> None:
     pool = Pool(make_backends("a", "b"), RoundRobin())
-    proxy, runtime = proxy_over(pool, 1, RetryBudget(20, 3))
-    assert proxy._may_retry(runtime, error, method, framing, tries, pool.backends[0]) is retried
+    runtime = runtime_over(pool, 1, RetryBudget(20, 3))
+    assert may_retry(runtime, error, method, framing, tries, pool.backends[0]) is retried
 
 
 async def test_may_retry_respects_the_budget(make_backends: MakeBackends) -> None:
     pool = Pool(make_backends("a", "b"), RoundRobin())
     budget = RetryBudget(20, 1)
-    proxy, runtime = proxy_over(pool, 3, budget)
+    runtime = runtime_over(pool, 3, budget)
     failed = pool.backends[0]
-    assert proxy._may_retry(runtime, ConnectFailed(), "GET", None, 1, failed)
+    assert may_retry(runtime, ConnectFailed(), "GET", None, 1, failed)
     budget.in_flight = 1
-    assert not proxy._may_retry(runtime, ConnectFailed(), "GET", None, 1, failed)
+    assert not may_retry(runtime, ConnectFailed(), "GET", None, 1, failed)
     # Away from a backend that is out (breaker open, unhealthy, disabled): not budgeted.
     failed.set_health("unhealthy")
-    assert proxy._may_retry(runtime, ConnectFailed(), "GET", None, 1, failed)
+    assert may_retry(runtime, ConnectFailed(), "GET", None, 1, failed)
 
 
 # -- the queue for a slot (every candidate at its max_connections) ------------------------------

@@ -11,7 +11,8 @@ from urllib.parse import urlsplit
 import pytest
 
 from balancer.errors import BackendDropped, BadRequest
-from balancer.proxy import _completed, _head_or_upload_failure
+from balancer.pipeline.upload import completed as _completed
+from balancer.pipeline.upload import head_or_upload_failure as _head_or_upload_failure
 from balancer.upstream import UpstreamConnection, UpstreamPool
 
 from support import eventually, start_raw_backend
