@@ -12,7 +12,7 @@ import aiohttp
 import pytest
 
 from conftest import StartBalancer
-from support import Backend, Balancer, json_get, raw_exchange, read_response
+from support import Backend, Balancer, json_get, raw_exchange, read_response, start_raw_backend
 
 TRAILERS = b"X-Other: 2\r\nAuthorization: Bearer attacker\r\n"
 CHUNKED_POST = (
@@ -111,20 +111,12 @@ async def test_response_trailers_never_become_header_fields(
         b"5\r\nhello\r\n0\r\nSet-Cookie: injected=1\r\nX-Trailer: t\r\n\r\n"
     )
 
-    async def one_write(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await reader.readuntil(b"\r\n\r\n")
-        writer.write(answer)  # the whole response in one read of the balancer's
-        await writer.drain()
-        writer.close()
-
-    server = await asyncio.start_server(one_write, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
+    backend = await start_raw_backend(answer)  # the whole response in one write
     try:
-        balancer = await balancer_factory([f"http://127.0.0.1:{port}"])
+        balancer = await balancer_factory([backend.url])
         response = await raw_exchange(balancer.host_port, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
     finally:
-        server.close()
-        await server.wait_closed()
+        await backend.stop()
     assert response.status == 200
     assert response.body == b"hello"
     assert response.header("Set-Cookie") == []
@@ -209,20 +201,12 @@ async def test_response_with_underscore_transfer_encoding_is_framed_by_its_lengt
 ) -> None:
     answer = b"HTTP/1.1 200 OK\r\nTransfer_Encoding: chunked\r\nContent-Length: 5\r\n\r\n0\r\n\r\n"
 
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await reader.readuntil(b"\r\n\r\n")
-        writer.write(answer)
-        await writer.drain()
-        writer.close()
-
-    server = await asyncio.start_server(handle, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
+    backend = await start_raw_backend(answer)  # the whole response in one write
     try:
-        balancer = await balancer_factory([f"http://127.0.0.1:{port}"])
+        balancer = await balancer_factory([backend.url])
         response = await raw_exchange(balancer.host_port, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
     finally:
-        server.close()
-        await server.wait_closed()
+        await backend.stop()
     assert response.status == 200
     assert response.body == b"0\r\n\r\n"
     assert response.header("Transfer-Encoding") == []
