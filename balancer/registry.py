@@ -88,7 +88,10 @@ class Registry:
         return gone
 
     def retire(self, backend: Backend) -> None:
-        """No new requests reach it (no pool holds it); it closes when the last one ends."""
+        """No new requests reach it: the new Runtime's pool does not hold it, and disabling
+        it takes it out of the old pool too (a retry of a request still on the old Runtime
+        goes to another backend of that pool). It closes when its last request ends."""
+        backend.set_mode("disabled")  # the old pool rebuilds without it
         backend.on_change(_nothing)
         if backend.in_flight == 0:
             self._close(backend)

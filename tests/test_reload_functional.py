@@ -291,3 +291,37 @@ async def test_watch_reloads_when_the_file_changes_and_keeps_serving_on_a_bad_ed
 
 async def names_are(names: Any, expected: list[str]) -> bool:
     return bool(await names() == expected)
+
+
+async def test_a_request_that_spans_a_reload_retries_on_the_pool_it_started_with(
+    backends: list[Backend], balancer_factory: StartBalancer, session: aiohttp.ClientSession
+) -> None:
+    """The first pick (round robin starts at the first backend) goes to one that takes the
+    request, waits, and drops it; meanwhile a reload reorders the pool and adds a backend.
+    The retry is the old Runtime's: it goes to the old pool's other backend, never the new."""
+    release = asyncio.Event()
+    arrived = asyncio.Event()
+
+    async def drop_later(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        arrived.set()
+        await release.wait()
+        writer.transport.abort()
+
+    dropper = await asyncio.start_server(drop_later, "127.0.0.1", 0)
+    drop_url = f"http://127.0.0.1:{dropper.sockets[0].getsockname()[1]}"
+    try:
+        balancer = await balancer_factory([drop_url, backends[0].url], "health_check: {interval: 1h}\n")
+        request = asyncio.ensure_future(session.get(balancer.url + "/spanning"))
+        await asyncio.wait_for(arrived.wait(), 5)
+        write(balancer, [("b0", drop_url, 1), ("two", backends[1].url, 1), ("b1", backends[0].url, 1)])
+        assert (await reload(session, balancer))[0] == 200
+        release.set()
+        response = await request
+        assert response.status == 200
+        assert response.headers["X-Backend"] == "b0"  # backends[0]: the old pool's b1
+        assert [s.path for s in backends[1].seen] == []  # the new pool's `two`: never
+    finally:
+        release.set()
+        dropper.close()
+        await dropper.wait_closed()
