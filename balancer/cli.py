@@ -9,7 +9,14 @@ import os
 import sys
 
 from balancer import __version__
-from balancer.config import LOG_LEVELS, Config, ConfigError, load_config, summary
+from balancer.config import (
+    LOG_LEVELS,
+    Config,
+    ConfigError,
+    check_workers,
+    load_config,
+    summary,
+)
 from balancer.config_warnings import config_warnings
 from balancer.inactive import inactive
 
@@ -50,13 +57,18 @@ def _apply_overrides(config: Config, args: argparse.Namespace) -> Config:
     if args.workers is not None:
         if args.workers == "auto":
             changes["workers"] = os.cpu_count() or 1
+            changes["workers_auto"] = True
         elif args.workers.isdigit() and int(args.workers) >= 1:
             changes["workers"] = int(args.workers)
+            changes["workers_auto"] = False
         else:
             problems.append(f"--workers: expected a number >= 1 or 'auto', got {args.workers!r}")
     if problems:
         raise ValueError("\n".join(problems))
-    return dataclasses.replace(config, **changes) if changes else config  # type: ignore[arg-type]
+    if not changes:
+        return config
+    config = dataclasses.replace(config, **changes)  # type: ignore[arg-type]
+    return check_workers(config, from_file=False) if "workers" in changes else config
 
 
 def main(argv: list[str] | None = None) -> int:
