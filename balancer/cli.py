@@ -111,6 +111,8 @@ def run(config: Config) -> int:
         log.warning("%s", entry.notice)
     for warning in config_warnings(config):
         log.warning("%s", warning.render(config.source))
+    if config.workers > 1:
+        return _supervise(config)
     try:
         status = uvloop.run(serve(config))
     except UnknownStrategy as exc:
@@ -122,3 +124,16 @@ def run(config: Config) -> int:
     except KeyboardInterrupt:
         return EXIT_OK
     return status
+
+
+def _supervise(config: Config) -> int:
+    """workers > 1: a supervisor and its worker processes (SPEC §6)."""
+    from balancer.supervisor import StartupError, supervise
+
+    try:
+        return supervise(config)
+    except StartupError as exc:
+        print(f"balancer: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    except KeyboardInterrupt:  # before the supervisor took SIGINT over
+        return EXIT_OK
