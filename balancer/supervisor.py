@@ -124,7 +124,7 @@ class Supervisor:
                 await site.start()
             except OSError as exc:
                 raise StartupError(f"cannot listen on {admin} (admin): {exc.strerror}") from None
-            log.info("supervisor: starting %d workers", len(self.workers))
+            log.info("starting %d workers", len(self.workers))
             for worker in self.workers:
                 await self._spawn(worker)
             await self._dispatch(runner)
@@ -286,7 +286,7 @@ class Supervisor:
             print(f"backend {backend.name} {backend.url} weight {backend.weight}")
         sys.stdout.flush()
         log.info(
-            "supervisor: %d workers serving %s, admin on %s",
+            "%d workers serving %s, admin on %s",
             len(self.workers),
             ", ".join(_url(sock.getsockname()) for sock in self.sockets),
             ", ".join(_url(address) for address in runner.addresses),

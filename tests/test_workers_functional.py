@@ -6,10 +6,12 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -49,11 +51,12 @@ async def send(balancer: Balancer, count: int) -> None:
 
 
 def alive(pid: int) -> bool:
+    """Running: not gone, and not a zombie nobody reaped yet (an orphan's reaper may be slow)."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
         return False
-    return True
 
 
 async def test_two_workers_serve_one_port_and_status_counts_every_request(
@@ -210,6 +213,36 @@ async def test_sighup_is_passed_on_to_every_worker(
     assert pids(await status(balancer)) == workers  # nobody died of it
     code, _ = await fresh_get(balancer.url + "/")
     assert code == 200
+
+
+async def test_workers_stop_when_their_supervisor_is_killed(
+    backends: list[Backend], balancer_factory: StartBalancer
+) -> None:
+    balancer = await balancer_factory([b.url for b in backends], WORKERS)
+    workers = pids(await status(balancer))
+    balancer.process.kill()
+    await balancer.process.wait()
+    await eventually(lambda: not any(alive(pid) for pid in workers), timeout=10)
+    assert balancer.stderr().count("the supervisor is gone: stopping") == 2
+
+
+def test_a_worker_that_cannot_start_stops_the_supervisor_with_its_status(
+    tmp_path: Path,
+) -> None:
+    config = tmp_path / "balancer.yaml"
+    config.write_text(support.config_yaml(["http://127.0.0.1:9"], WORKERS))
+    result = subprocess.run(
+        [*support.balancer_command(), "-c", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={**os.environ, "AIOHTTP_NO_EXTENSIONS": "1"},  # each worker refuses to serve
+    )
+    assert (result.returncode, result.stdout) == (1, "")
+    assert "refusing to serve" in result.stderr
+    assert "exited with status 1 while starting" in result.stderr
+    exits = re.findall(r"worker (\d) \(pid \d+\) (?:exited|killed)", result.stderr)
+    assert sorted(exits) == ["0", "1"]  # the other one was stopped, and waited for
 
 
 async def test_workers_on_the_command_line(
