@@ -154,7 +154,7 @@ class Supervisor:
             elif isinstance(event, Worker):
                 event.restart = None
                 if not self.stopping:
-                    await self._spawn(event)
+                    await self._respawn(event)
             elif event == "deadline":
                 log.error("workers still running %gs past shutdown_timeout: killing", STOP_GRACE)
                 self.status = 1
@@ -235,10 +235,19 @@ class Supervisor:
                 with contextlib.suppress(ProcessLookupError):
                     worker.process.send_signal(sig)
 
+    async def _respawn(self, worker: Worker) -> None:
+        try:
+            await self._spawn(worker)
+        except OSError as exc:  # out of processes or descriptors: try again later
+            delay, worker.backoff = worker.backoff, min(worker.backoff * 2, BACKOFF_MAX)
+            log.error("worker %d: cannot start one (%s); retrying in %gs", worker.index, exc, delay)
+            loop = asyncio.get_running_loop()
+            worker.restart = loop.call_later(delay, self.events.put_nowait, worker)
+
     async def _spawn(self, worker: Worker) -> None:
         process = await start_worker(self.config, worker.index, self.sockets, worker.admin_path)
         worker.process, worker.pid, worker.started = process, process.pid, time.monotonic()
-        if worker.restarts or self.announced:
+        if self.announced:
             worker.restarts += 1
             log.warning("worker %d restarted: pid %d", worker.index, process.pid)
         else:

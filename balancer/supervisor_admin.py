@@ -203,6 +203,8 @@ def make_supervisor_app(
         if action in MODES:
             admin.remember(name, action)
         views = [view for _, a in answers if isinstance(view := _json(a), dict)]
+        if not views:
+            return web.json_response({"error": "the workers' answers are not JSON"}, status=502)
         return web.json_response(merge_backend(views))
 
     app = web.Application(middlewares=[refuse_foreign_origins, json_errors])
