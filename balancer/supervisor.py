@@ -198,11 +198,13 @@ class Supervisor:
         worker, code = event.worker, event.code
         if event.process is not worker.process:
             return
-        worker.process, worker.ready = None, False
+        serving, worker.process, worker.ready = worker.ready, None, False
         if self.stopping:
             log.info("worker %d (pid %d) %s", worker.index, worker.pid, describe(code))
-            if code not in (0, -signal.SIGTERM):  # -SIGTERM: stopped before it served
-                self.status = 1  # it cut requests still in flight (a second signal)
+            # Killed by our SIGTERM before it served: nothing was in flight. Any other status
+            # (1: a second signal cut requests) makes ours 1.
+            if code != 0 and not (code == -signal.SIGTERM and not serving):
+                self.status = 1
             return
         if not self.announced:  # it could not start: neither will the others
             log.error(

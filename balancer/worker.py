@@ -121,9 +121,11 @@ class _ParentWatch(asyncio.Protocol):
 
     def __init__(self) -> None:
         self.closing = False  # we close it ourselves once serve() returned
+        self.gone = False
 
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.closing:
+            self.gone = True
             log.warning("the supervisor is gone: stopping")
             os.kill(os.getpid(), signal.SIGTERM)
 
@@ -139,6 +141,10 @@ async def _serve(config: Config, fds: list[int], admin_path: str) -> int:
     finally:
         watch.closing = True
         transport.close()
+        if watch.gone:  # nobody else will tidy the private directory: the last one out does
+            with contextlib.suppress(OSError):
+                os.unlink(admin_path)
+                os.rmdir(os.path.dirname(admin_path))
 
 
 def main(argv: list[str] | None = None) -> int:
