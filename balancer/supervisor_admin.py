@@ -82,11 +82,10 @@ class WorkerAdmin:
         self, method: str, path: str, body: bytes = b""
     ) -> list[tuple[WorkerLike, Answer | None]]:
         workers = list(self.workers())
-        answers = await asyncio.gather(
-            *(self.call(w, method, path, body) for w in workers if w.ready)
-        )
-        found = iter(answers)
-        return [(w, next(found) if w.ready else None) for w in workers]
+        asked = [i for i, w in enumerate(workers) if w.ready]  # now: `ready` changes meanwhile
+        got = await asyncio.gather(*(self.call(workers[i], method, path, body) for i in asked))
+        answers = dict(zip(asked, got, strict=True))
+        return [(w, answers.get(i)) for i, w in enumerate(workers)]
 
     def remember(self, name: str, action: str) -> None:
         if action == "enable":

@@ -126,3 +126,23 @@ async def test_actions_reach_every_worker_and_are_replayed_to_a_new_one(
     await admin.replay(again)
     assert again.posts == []  # enabled again: nothing to replay
     await admin.close()
+
+
+async def test_a_worker_that_dies_while_asked_does_not_mix_up_the_answers(
+    stand_ins: Callable[[int], Awaitable[FakeWorker]], aiohttp_client: Any
+) -> None:
+    first, second = await stand_ins(3), await stand_ins(4)
+    client, admin = await client_for([first, second], aiohttp_client)
+    real_call = admin.call
+
+    async def call(worker: Any, method: str, path: str, body: bytes = b"") -> Any:
+        answer = await real_call(worker, method, path, body)
+        first.ready = False  # the supervisor saw it exit meanwhile
+        return answer
+
+    admin.call = call  # type: ignore[method-assign]
+    response = await client.get("/status")
+    assert response.status == 200
+    workers = (await response.json())["workers"]
+    assert [(w["up"], w["requests_total"]) for w in workers] == [(True, 3), (True, 4)]
+    await admin.close()
