@@ -10,7 +10,14 @@ import sys
 from collections.abc import Callable
 
 from balancer import __version__
-from balancer.config import LOG_LEVELS, Config, ConfigError, load_config, summary
+from balancer.config import (
+    LOG_LEVELS,
+    Config,
+    ConfigError,
+    check_workers,
+    load_config,
+    summary,
+)
 from balancer.config_warnings import config_warnings
 from balancer.inactive import inactive
 
@@ -51,13 +58,18 @@ def _apply_overrides(config: Config, args: argparse.Namespace) -> Config:
     if args.workers is not None:
         if args.workers == "auto":
             changes["workers"] = os.cpu_count() or 1
+            changes["workers_auto"] = True
         elif args.workers.isdigit() and int(args.workers) >= 1:
             changes["workers"] = int(args.workers)
+            changes["workers_auto"] = False
         else:
             problems.append(f"--workers: expected a number >= 1 or 'auto', got {args.workers!r}")
     if problems:
         raise ValueError("\n".join(problems))
-    return dataclasses.replace(config, **changes) if changes else config  # type: ignore[arg-type]
+    if not changes:
+        return config
+    config = dataclasses.replace(config, **changes)  # type: ignore[arg-type]
+    return check_workers(config, from_file=False) if "workers" in changes else config
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -105,6 +117,8 @@ def run(
         log.warning("%s", entry.notice)
     for warning in config_warnings(config):
         log.warning("%s", warning.render(config.source))
+    if config.workers > 1:
+        return _supervise(config)
     try:
         status = uvloop.run(serve(config, config_path=path, overrides=overrides))
     except UnknownStrategy as exc:
@@ -116,3 +130,16 @@ def run(
     except KeyboardInterrupt:
         return EXIT_OK
     return status
+
+
+def _supervise(config: Config) -> int:
+    """workers > 1: a supervisor and its worker processes (SPEC §6)."""
+    from balancer.supervisor import StartupError, supervise
+
+    try:
+        return supervise(config)
+    except StartupError as exc:
+        print(f"balancer: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    except KeyboardInterrupt:  # before the supervisor took SIGINT over
+        return EXIT_OK

@@ -754,6 +754,9 @@ class Config:
     backends: tuple[BackendConfig, ...] = field(metadata=_parts(_backends))
     listen: Address = field(default=Address("0.0.0.0", 8080), metadata=_text_rule(_address))
     workers: int = field(default=1, metadata=_rule(_workers))
+    # `workers: auto` (or `--workers auto`): several workers in the rule of `check_workers`
+    # whatever the CPU count, so a file that passes on a laptop passes on one CPU too.
+    workers_auto: bool = field(default=False, compare=False)
     log_level: str = field(default="INFO", metadata=_text_rule(_log_level))
     shutdown_timeout: float = field(default=30.0, metadata=_rule(_DURATION))
     # Reload when the file changes, as SIGHUP does (an extension of SPEC §6; off by default).
@@ -806,7 +809,29 @@ def parse_config(
         walk.problem("backends", "at least one backend is required", None)
     if walk.problems:
         raise ConfigError(tuple(walk.problems), source)
-    return Config(**fields.values, source=source, lines=MappingProxyType(walk.lines))
+    if "workers" in fields.values:
+        auto = _value(walk, fields.nodes["workers"], "workers", text=True) == "auto"
+        fields.values["workers_auto"] = auto
+    return check_workers(
+        Config(**fields.values, source=source, lines=MappingProxyType(walk.lines))
+    )
+
+
+SEVERAL_WORKERS_STICKY = (
+    "several workers need redis.url for sticky sessions (a per-worker table would break "
+    "stickiness)"
+)
+
+
+def check_workers(config: Config, *, from_file: bool = True) -> Config:
+    """SPEC §6: sticky sessions must hold across workers, and each worker's in-process table
+    is its own, so several workers with sticky sessions need Redis. Run again by the command
+    line once `--workers` applies (`from_file=False`: then no line of the file is to blame)."""
+    several = config.workers > 1 or config.workers_auto
+    if several and config.sticky.mode != "off" and not config.redis.url:
+        line = config.lines.get("workers") if from_file else None
+        raise ConfigError((Problem("workers", SEVERAL_WORKERS_STICKY, line),), config.source)
+    return config
 
 
 def _yaml_message(exc: yaml.YAMLError) -> str:

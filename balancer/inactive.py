@@ -41,11 +41,6 @@ def _changed(section: Any, *names: str) -> bool:
 
 INACTIVE: tuple[Inactive, ...] = (
     Inactive(
-        "workers",  # the file's or --workers
-        lambda config: config.workers > 1,
-        "one process serves every request",
-    ),
-    Inactive(
         "admin.token",
         lambda config: bool(config.admin.token),
         "admin calls are not checked for it: anyone who reaches admin.listen can use the API",

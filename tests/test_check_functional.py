@@ -104,7 +104,6 @@ def test_check_names_the_keys_parsed_but_not_active_yet(tmp_path: Path) -> None:
     result = check(tmp_path, "listen: 127.0.0.1:0\n" + extra + BACKENDS, "--workers", "3")
     assert result.returncode == 0, result.stderr
     assert [line for line in result.stdout.splitlines() if "not active" in line] == [
-        "workers: parsed, not active yet (one process serves every request)",
         "admin.token: parsed, not active yet (admin calls are not checked for it: "
         "anyone who reaches admin.listen can use the API)",
         "cache: parsed, not active yet (nothing is cached: every request goes to a backend)",

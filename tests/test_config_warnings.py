@@ -21,7 +21,6 @@ CACHE = "cache: parsed, not active yet (nothing is cached: every request goes to
 COMPRESSION = (
     "compression: parsed, not active yet (responses pass as the backend sent them, never gzipped)"
 )
-WORKERS = "workers: parsed, not active yet (one process serves every request)"
 
 
 def parse(text: str) -> Config:
@@ -41,11 +40,11 @@ def warnings(text: str) -> list[str]:
         ("cache:\n  max_memory: 1MB\n", [CACHE]),  # a cache key set, enabled or not
         ("compression:\n  enabled: true\n", [COMPRESSION]),
         ("compression:\n  types: [text/html]\n", [COMPRESSION]),
-        ("workers: 2\n", [WORKERS]),
+        ("workers: 2\n", []),  # acts: no notice
         ("limits:\n  max_connections: 500\n", []),  # acts: no notice
         (
             "workers: 3\nadmin: {token: x}\ncache: {enabled: true}\ncompression: {enabled: true}\n",
-            [WORKERS, TOKEN, CACHE, COMPRESSION],
+            [TOKEN, CACHE, COMPRESSION],
         ),
         # set to what would not matter: nothing to say
         ("admin:\n  token: ''\n", []),

@@ -1,0 +1,243 @@
+"""The one admin port of a balancer with several workers (SPEC §6), served by the supervisor.
+
+Each worker serves its own admin app on a private Unix socket; this app asks every worker
+that is up (a short timeout each, all at once) and answers for the whole balancer: `/status`
+and `/metrics` merged (admin_merge), admin actions passed to every worker and answered once
+every one answered. A worker that does not answer (restarting) is shown `up: false` and
+skipped, never a 500. Actions are remembered and replayed to a worker that (re)starts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+import aiohttp
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+from balancer import __version__
+from balancer.admin import ENDPOINTS, MODES, json_errors, refuse_foreign_origins
+from balancer.admin_merge import merge_backend, merge_metrics, merge_status, requests_served
+from balancer.config import Config
+
+log = logging.getLogger("balancer.supervisor")
+
+CALL_TIMEOUT = 2.0  # seconds for one worker to answer one admin call
+
+
+class WorkerLike(Protocol):
+    index: int
+    pid: int
+    ready: bool  # announced, admitted: its admin socket answers
+    admin_path: str
+    restarts: int
+
+
+Answer = tuple[int, bytes]
+
+
+class WorkerAdmin:
+    """Calls to the workers' admin sockets, and the actions to replay to a new worker."""
+
+    def __init__(self, config: Config, workers: Callable[[], Sequence[WorkerLike]]) -> None:
+        self.config = config
+        self.workers = workers
+        self.modes: dict[str, str] = {}  # backend -> the last drain/disable (enable: none)
+        # The file was reloaded since start: a (re)started worker, which got the config the
+        # supervisor started with, reloads it too before it counts as up.
+        self.reloaded = False
+        self._sessions: dict[str, aiohttp.ClientSession] = {}
+
+    def _session(self, path: str) -> aiohttp.ClientSession:
+        session = self._sessions.get(path)
+        if session is None:
+            # force_close: a kept-alive connection to a worker that died is no use.
+            connector = aiohttp.UnixConnector(path=path, force_close=True)
+            headers = {"Authorization": f"Bearer {self.config.admin.token}"}
+            session = aiohttp.ClientSession(
+                connector=connector, headers=headers if self.config.admin.token else None
+            )
+            self._sessions[path] = session
+        return session
+
+    async def call(
+        self, worker: WorkerLike, method: str, path: str, body: bytes = b""
+    ) -> Answer | None:
+        """The worker's answer, or None when it gives none within CALL_TIMEOUT."""
+        timeout = aiohttp.ClientTimeout(total=CALL_TIMEOUT)
+        session = self._session(worker.admin_path)
+        try:
+            async with session.request(
+                method, f"http://worker{path}", data=body or None, timeout=timeout
+            ) as response:
+                return response.status, await response.read()
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            log.debug("worker %d (pid %d): %s %s: %r", worker.index, worker.pid, method, path, exc)
+            return None
+
+    async def ask_all(
+        self, method: str, path: str, body: bytes = b""
+    ) -> list[tuple[WorkerLike, Answer | None]]:
+        workers = list(self.workers())
+        asked = [i for i, w in enumerate(workers) if w.ready]  # now: `ready` changes meanwhile
+        got = await asyncio.gather(*(self.call(workers[i], method, path, body) for i in asked))
+        answers = dict(zip(asked, got, strict=True))
+        return [(w, answers.get(i)) for i, w in enumerate(workers)]
+
+    def remember(self, name: str, action: str) -> None:
+        if action == "enable":
+            self.modes.pop(name, None)
+        else:
+            self.modes[name] = action
+
+    async def replay(self, worker: WorkerLike) -> None:
+        """Bring a worker that (re)started to the file as last reloaded and to the modes the
+        admin API set."""
+        if self.reloaded:
+            answer = await self.call(worker, "POST", "/reload")
+            if answer is None or answer[0] != 200:
+                log.warning("worker %d: could not reload the file as the others did", worker.index)
+        for name, action in list(self.modes.items()):
+            answer = await self.call(worker, "POST", f"/backends/{name}/{action}")
+            if answer is None or answer[0] != 200:
+                log.warning("worker %d: could not %s backend %s again", worker.index, action, name)
+
+    async def close(self) -> None:
+        for session in self._sessions.values():
+            await session.close()
+        self._sessions.clear()
+
+
+def _json(answer: Answer) -> Any:
+    try:
+        return json.loads(answer[1])
+    except ValueError:
+        return None
+
+
+def _workers_list(
+    asked: list[tuple[WorkerLike, Answer | None]], statuses: dict[int, Any]
+) -> list[dict[str, Any]]:
+    return [
+        {
+            "index": w.index,
+            "pid": w.pid,
+            "up": w.index in statuses,
+            "requests_total": requests_served(statuses[w.index]) if w.index in statuses else 0,
+            "restarts": w.restarts,
+        }
+        for w, _ in asked
+    ]
+
+
+async def _without_server_header(request: web.Request, response: web.StreamResponse) -> None:
+    response.headers.popall("Server", None)
+
+
+def make_supervisor_app(
+    admin: WorkerAdmin, *, clock: Callable[[], float] = time.monotonic
+) -> web.Application:
+    started = clock()
+
+    async def get_status(request: web.Request) -> web.Response:
+        asked = await admin.ask_all("GET", "/status")
+        statuses = {
+            w.index: body
+            for w, answer in asked
+            if answer is not None and answer[0] == 200 and isinstance(body := _json(answer), dict)
+        }
+        workers = _workers_list(asked, statuses)
+        if not statuses:
+            return web.json_response(
+                {"error": "no worker answered (restarting?)", "workers": workers}, status=503
+            )
+        merged = merge_status(list(statuses.values()))
+        merged["uptime_seconds"] = round(clock() - started, 3)
+        merged["workers"] = workers
+        return web.json_response(merged)
+
+    async def get_metrics(request: web.Request) -> web.Response:
+        asked = await admin.ask_all("GET", "/metrics")
+        texts = [a[1].decode() for _, a in asked if a is not None and a[0] == 200]
+        up = GaugeMetricFamily("balancer_workers_up", "Worker processes whose admin answered")
+        up.add_metric([], len(texts))
+        restarts = CounterMetricFamily(
+            "balancer_worker_restarts", "Workers restarted after they died", labels=["worker"]
+        )
+        for w, _ in asked:
+            restarts.add_metric([str(w.index)], w.restarts)
+        try:
+            body = merge_metrics(texts, extra=(up, restarts))
+        except ValueError as exc:  # a worker's text that does not parse: a bug, said so
+            return web.json_response({"error": f"cannot merge the metrics: {exc}"}, status=502)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def live(request: web.Request) -> web.Response:
+        return web.json_response({"status": "live"})
+
+    async def ready(request: web.Request) -> web.Response:
+        asked = await admin.ask_all("GET", "/health/ready")
+        ready = [a for _, a in asked if a is not None and a[0] == 200]
+        body = {"status": "ready" if ready else "unavailable", "workers_ready": len(ready)}
+        return web.json_response(body, status=200 if ready else 503)
+
+    async def index(request: web.Request) -> web.Response:
+        endpoints = [{"method": m, "path": p, "what": what} for m, p, what in ENDPOINTS]
+        return web.json_response({"balancer": __version__, "endpoints": endpoints})
+
+    async def set_mode(request: web.Request) -> web.Response:
+        """Passed to every worker (each checks name, action and method as one process
+        does); answered once all answered, with the backend as the whole balancer sees it."""
+        body = await request.read()
+        asked = await admin.ask_all(request.method, request.path, body)
+        answers = [(w, a) for w, a in asked if a is not None]
+        if not answers:
+            return web.json_response({"error": "no worker answered (restarting?)"}, status=503)
+        refused = [a for _, a in answers if a[0] != 200]
+        if refused:
+            status, text = refused[0]
+            return web.Response(body=text, status=status, content_type="application/json")
+        for w, answer in asked:
+            if answer is None:  # replayed to it when it starts again
+                log.warning("worker %d (pid %d) did not answer %s", w.index, w.pid, request.path)
+        name, action = request.match_info["name"], request.match_info["action"]
+        if action in MODES:
+            admin.remember(name, action)
+        views = [view for _, a in answers if isinstance(view := _json(a), dict)]
+        if not views:
+            return web.json_response({"error": "the workers' answers are not JSON"}, status=502)
+        return web.json_response(merge_backend(views))
+
+    async def reload(request: web.Request) -> web.Response:
+        """Every worker reloads the file; answered once all did (SPEC §3), 400 if any
+        refused it (they read the same file: the problems are the first refusal's)."""
+        asked = await admin.ask_all("POST", "/reload")
+        answers = [(w, a) for w, a in asked if a is not None]
+        if not answers:
+            return web.json_response({"error": "no worker answered (restarting?)"}, status=503)
+        admin.reloaded = True
+        views = [(w, view) for w, a in answers if isinstance(view := _json(a), dict)]
+        refused = [view for _, view in views if not view.get("reloaded")]
+        per_worker = [{"index": w.index, "reloaded": bool(v.get("reloaded"))} for w, v in views]
+        if refused or not views:
+            body = {"reloaded": False, "problems": (refused or [{}])[0].get("problems", [])}
+            return web.json_response({**body, "workers": per_worker}, status=400)
+        first = views[0][1]
+        return web.json_response({**first, "workers": per_worker})
+
+    app = web.Application(middlewares=[refuse_foreign_origins, json_errors])
+    app.on_response_prepare.append(_without_server_header)
+    app.router.add_post("/reload", reload)
+    app.router.add_get("/", index)
+    app.router.add_route("*", "/backends/{name}/{action}", set_mode)
+    app.router.add_get("/status", get_status)
+    app.router.add_get("/metrics", get_metrics)
+    app.router.add_get("/health/live", live)
+    app.router.add_get("/health/ready", ready)
+    return app

@@ -1,0 +1,188 @@
+"""One worker of a supervisor (`python -m balancer.worker`): a fresh interpreter that serves
+the proxy on the listening sockets it inherited and its admin app on a private Unix socket.
+Both ends are here: how the supervisor starts one and watches it, and what it runs.
+
+A fresh interpreter rather than a fork: uvloop, aiohttp and their threads are never copied
+mid-flight. The supervisor writes the Config (pickled, length-prefixed) on the worker's stdin
+and keeps that pipe open: end of file means the supervisor is gone, and the worker stops
+gracefully instead of serving on as an orphan nobody supervises.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import os
+import pickle
+import signal
+import socket
+import struct
+import sys
+
+from balancer.config import Config
+
+log = logging.getLogger("balancer.worker")
+
+LENGTH = struct.Struct("!Q")  # the pickled Config's length, before it on stdin
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def encode_config(config: Config) -> bytes:
+    """What the supervisor writes on a worker's stdin. `lines` is a read-only mapping proxy,
+    which pickle refuses: it travels as a plain dict."""
+    data = pickle.dumps(dataclasses.replace(config, lines=dict(config.lines)))
+    return LENGTH.pack(len(data)) + data
+
+
+async def start_worker(
+    config: Config, index: int, sockets: list[socket.socket], admin_path: str
+) -> asyncio.subprocess.Process:
+    """A worker on the supervisor's `sockets`, in a process group of its own (a terminal's
+    Ctrl+C is the supervisor's to pass on), with the Config on its stdin."""
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(admin_path)  # a killed worker's socket file stays behind
+    fds = [sock.fileno() for sock in sockets]
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "balancer.worker",
+        "--index",
+        str(index),
+        "--fds",
+        ",".join(map(str, fds)),
+        "--admin-path",
+        admin_path,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        pass_fds=fds,
+        process_group=0,
+    )
+    assert process.stdin is not None
+    process.stdin.write(encode_config(config))  # and kept open: see _ParentWatch
+    return process
+
+
+async def listening(process: asyncio.subprocess.Process) -> bool:
+    """Whether the worker printed its `proxy listening` and `admin listening` lines (serve's
+    announce); False when it exited first. The caller bounds the wait."""
+    assert process.stdout is not None
+    seen: set[str] = set()
+    while not {"proxy", "admin"} <= seen:
+        line = (await process.stdout.readline()).decode(errors="replace")
+        if not line:
+            return False
+        seen.update(w for w in ("proxy", "admin") if line.startswith(f"{w} listening"))
+    return True
+
+
+async def exited(process: asyncio.subprocess.Process) -> int:
+    """Its exit status, reading what else it prints meanwhile (nothing, but a full pipe
+    must never block it); then its stdin closes."""
+    assert process.stdout is not None
+    while await process.stdout.read(65536):
+        pass
+    code = await process.wait()
+    if process.stdin is not None:
+        process.stdin.close()
+    return code
+
+
+def read_config(stream: object) -> Config:
+    read = getattr(stream, "read")  # noqa: B009 (a binary stream)
+    (size,) = LENGTH.unpack(read(LENGTH.size))
+    config = pickle.loads(read(size))  # from our own supervisor, through a private pipe
+    if not isinstance(config, Config):
+        raise TypeError(f"expected a Config on stdin, got {type(config).__name__}")
+    return config
+
+
+class _PidInName(logging.Filter):
+    """`balancer.proxy[12345]: ...`: the log format of a single process, with the worker's
+    pid (syslog's `name[pid]`), so the lines of N workers on one stderr can be told apart."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.name = f"{record.name}[{os.getpid()}]"
+        return True
+
+
+def _setup_logging(level: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    handler.addFilter(_PidInName())
+    logging.basicConfig(level=level, handlers=[handler])
+
+
+class _ParentWatch(asyncio.Protocol):
+    """Stdin, once the Config is read: nothing more comes; end of file is the supervisor
+    exiting (even by SIGKILL), and we stop as on SIGTERM."""
+
+    def __init__(self) -> None:
+        self.closing = False  # we close it ourselves once serve() returned
+        self.gone = False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.closing:
+            self.gone = True
+            log.warning("the supervisor is gone: stopping")
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+async def _serve(config: Config, fds: list[int], admin_path: str) -> int:
+    from balancer.server import serve
+
+    loop = asyncio.get_running_loop()
+    transport, watch = await loop.connect_read_pipe(_ParentWatch, sys.stdin.buffer)
+    try:
+        sockets = [socket.socket(fileno=fd) for fd in fds]
+        # A reload re-reads the file the supervisor read; the worker count stays the one it
+        # runs with (a change of it needs a restart, SPEC §6).
+        return await serve(
+            config,
+            proxy_sockets=sockets,
+            admin_path=admin_path,
+            config_path=config.source if config.source != "<string>" else None,
+            overrides=lambda reread: dataclasses.replace(reread, workers=config.workers),
+        )
+    finally:
+        watch.closing = True
+        transport.close()
+        if watch.gone:  # nobody else will tidy the private directory: the last one out does
+            with contextlib.suppress(OSError):
+                os.unlink(admin_path)
+                os.rmdir(os.path.dirname(admin_path))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="balancer.worker")
+    parser.add_argument("--index", type=int, required=True)
+    parser.add_argument("--fds", required=True, help="inherited listening sockets, e.g. 3,4")
+    parser.add_argument("--admin-path", required=True, help="the Unix socket of our admin app")
+    args = parser.parse_args(argv)
+    # SIGHUP before serve() takes it over would kill us (its default action); the supervisor
+    # passes every SIGHUP on, whenever it comes.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    config = read_config(sys.stdin.buffer)
+    _setup_logging(config.log_level)
+    log.debug("worker %d starting", args.index)
+
+    import uvloop
+
+    from balancer.server import StartupError
+    from balancer.strategies import UnknownStrategy
+
+    fds = [int(fd) for fd in args.fds.split(",")]
+    try:
+        return int(uvloop.run(_serve(config, fds, args.admin_path)))
+    except UnknownStrategy as exc:
+        print(f"{config.source}: strategy: {exc}", file=sys.stderr)
+        return 2
+    except StartupError as exc:
+        print(f"balancer: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
