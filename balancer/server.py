@@ -225,7 +225,7 @@ async def _drain(
         return True
     finally:
         signalled.cancel()
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(sig)
 
 
@@ -246,5 +246,7 @@ async def _wait_for_stop(loop: asyncio.AbstractEventLoop, control: Control) -> N
     try:
         await stop.wait()
     finally:
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-            loop.remove_signal_handler(sig)
+        # SIGTERM / SIGINT keep a handler (this one until _drain puts its own): back at their
+        # default action for a moment, a second signal would kill the process outright.
+        loop.remove_signal_handler(signal.SIGHUP)
+        loop.add_signal_handler(signal.SIGHUP, lambda: log.info("SIGHUP while stopping: ignored"))
