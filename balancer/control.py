@@ -32,7 +32,11 @@ from balancer.sticky.store import MemoryStore, SessionStore
 log = logging.getLogger("balancer.control")
 
 # Keys a running process cannot change: a reload that changes one is refused (SPEC §6).
-RESTART_ONLY = ("listen", "admin.listen", "workers")
+RESTART_ONLY: dict[str, Callable[[Config], object]] = {
+    "listen": lambda config: config.listen,
+    "admin.listen": lambda config: config.admin.listen,
+    "workers": lambda config: config.workers,
+}
 Overrides = Callable[[Config], Config]  # the command line's --workers / --log-level
 
 
@@ -51,13 +55,8 @@ def _store_key(config: Config) -> tuple[Any, ...]:
 def restart_problems(old: Config, new: Config) -> list[Problem]:
     """One problem per restart-only key whose effective value changed."""
     problems = []
-    pairs = {
-        "listen": (old.listen, new.listen),
-        "admin.listen": (old.admin.listen, new.admin.listen),
-        "workers": (old.workers, new.workers),
-    }
-    for key in RESTART_ONLY:
-        before, after = pairs[key]
+    for key, value in RESTART_ONLY.items():
+        before, after = value(old), value(new)
         if before != after:
             line = new.lines.get(key)
             problems.append(Problem(key, f"needs a restart ({before} -> {after})", line))
@@ -114,7 +113,7 @@ class Control:
         runtime, _ = build(
             self.config, self.registry, None, sticky=await self._sticky(self.config)
         )
-        self.registry.adopt(runtime.pool.backends)
+        self.registry.adopt(runtime.pool.backends, ())
         self.runtime = runtime
         return runtime
 
@@ -197,7 +196,7 @@ class Control:
         self.config = config
         if self.proxy is not None:
             self.proxy.runtime = runtime
-        self.registry.adopt(runtime.pool.backends)
+        self.registry.adopt(runtime.pool.backends, plan.retired)
         if previous is not None:
             previous.pool.succeeded_by(runtime.pool)
         if self.front is not None:

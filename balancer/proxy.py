@@ -67,6 +67,7 @@ class Proxy:
         self.runtime = runtime  # swapped by the control door (control.py) on a reload
         self.unrouted = unrouted  # requests answered without a backend, whatever the Runtime
         self.clock = clock
+        self._record = self._finish  # bound once: the stages call it on every request
         # Decided once: no per-request cost when debug logging is off.
         self.debug = log.isEnabledFor(logging.DEBUG)
 
@@ -91,7 +92,7 @@ class Proxy:
             if host and not valid_host(host):
                 raise BadRequest(f"invalid Host {host[:100]!r}")
         except BadRequest as exc:
-            return answer_error(self._finish, rt, exc, None, started, close=True)
+            return answer_error(self._record, rt, exc, None, started, close=True)
         pool = rt.pool
         client_ip = client_address(request)
         sticky = rt.sticky
@@ -118,7 +119,7 @@ class Proxy:
                 if backend is None:
                     # After a failed attempt the answer is that attempt's (SPEC §4).
                     return answer_error(
-                        self._finish,
+                        self._record,
                         rt,
                         last_error or NoBackendAvailable(),
                         tried[-1] if tried else None,
@@ -153,9 +154,9 @@ class Proxy:
                 except ProxyError as exc:
                     last_error = exc
                     if exc.client_fault:  # the client's (its body): answer and close
-                        return answer_error(self._finish, rt, exc, backend, started, close=True)
+                        return answer_error(self._record, rt, exc, backend, started, close=True)
                     if not may_retry(rt, exc, method, framing, len(tried), backend):
-                        return answer_error(self._finish, rt, exc, backend, started)
+                        return answer_error(self._record, rt, exc, backend, started)
                     if not retrying:
                         retrying = True
                         rt.retry_budget.in_flight += 1
@@ -222,13 +223,13 @@ class Proxy:
                         conn,
                         response_head,
                         attempt,
-                        self._finish,
+                        self._record,
                         rt.tunnel_idle_timeout,
                     )
                 with_body = has_body(message.method, response_head.status)
                 if conn.complete or not with_body:
                     sent = respond_now(
-                        self._finish,
+                        self._record,
                         request,
                         message,
                         with_body,
@@ -241,7 +242,7 @@ class Proxy:
                     )
                 else:
                     sent = await stream(
-                        self._finish,
+                        self._record,
                         rt,
                         request,
                         conn,

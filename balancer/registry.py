@@ -15,7 +15,7 @@ import logging
 from balancer.backend import Backend, RequestStats
 from balancer.breaker import Breaker
 from balancer.config import BackendConfig, Config
-from balancer.upstream import UpstreamPool
+from balancer.upstream_pool import UpstreamPool
 
 log = logging.getLogger("balancer.registry")
 
@@ -78,14 +78,11 @@ class Registry:
     def __repr__(self) -> str:
         return f"<Registry [{len(self.backends)} backends, {len(self.retiring)} retiring]>"
 
-    def adopt(self, backends: tuple[Backend, ...]) -> list[Backend]:
-        """Make `backends` the live set; those no longer in it retire. Returns the retired."""
-        keep = {b.name: b for b in backends}
-        gone = [b for name, b in self.backends.items() if keep.get(name) is not b]
-        self.backends = keep
-        for backend in gone:
+    def adopt(self, backends: tuple[Backend, ...], retired: tuple[Backend, ...]) -> None:
+        """Make `backends` the live set and retire those the rebuild left out (its Plan)."""
+        self.backends = {b.name: b for b in backends}
+        for backend in retired:
             self.retire(backend)
-        return gone
 
     def retire(self, backend: Backend) -> None:
         """No new requests reach it: the new Runtime's pool does not hold it, and disabling

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from aiohttp import web
 
@@ -55,7 +55,7 @@ class Plan:
 
     added: tuple[Backend, ...] = ()
     kept: tuple[Backend, ...] = ()
-    retired: tuple[Backend, ...] = field(default=())
+    retired: tuple[Backend, ...] = ()
 
     def summary(self) -> dict[str, list[str]]:
         return {
@@ -85,12 +85,7 @@ def build(
             backend = new_backend(config, bc, registry.loop)
             added.append(backend)
         backends.append(backend)
-    names = {b.name for b in backends}
-    retired = tuple(
-        b
-        for name, b in registry.backends.items()
-        if name not in names or b not in backends
-    )
+    retired = tuple(b for b in registry.backends.values() if b not in backends)
     strategy = make_strategy(config.strategy, adaptive=config.adaptive)
     pool = Pool(
         tuple(backends),

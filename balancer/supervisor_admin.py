@@ -61,7 +61,9 @@ class WorkerAdmin:
             connector = aiohttp.UnixConnector(path=path, force_close=True)
             headers = {"Authorization": f"Bearer {self.config.admin.token}"}
             session = aiohttp.ClientSession(
-                connector=connector, headers=headers if self.config.admin.token else None
+                connector=connector,
+                headers=headers if self.config.admin.token else None,
+                cookie_jar=aiohttp.DummyCookieJar(),  # nothing of one answer goes with the next
             )
             self._sessions[path] = session
         return session
