@@ -17,7 +17,7 @@ from typing import Literal
 from balancer.breaker import Breaker
 from balancer.config import BackendConfig
 from balancer.errors import ProxyError
-from balancer.upstream import UpstreamPool
+from balancer.upstream_pool import UpstreamPool
 
 Health = Literal["healthy", "unhealthy"]  # what the health checks say
 Mode = Literal["enabled", "draining", "disabled"]  # what the operator says (admin API)

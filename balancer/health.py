@@ -21,7 +21,7 @@ from balancer.backend import Backend, Health
 from balancer.config import HealthCheckConfig
 from balancer.errors import LocalResourceError, ProxyError
 from balancer.load import parse_load
-from balancer.upstream import UpstreamPool
+from balancer.upstream_pool import UpstreamPool
 
 log = logging.getLogger("balancer.health")
 

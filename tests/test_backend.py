@@ -19,7 +19,7 @@ from balancer.errors import (
     NoBackendAvailable,
     ProxyError,
 )
-from balancer.upstream import UpstreamPool
+from balancer.upstream_pool import UpstreamPool
 
 MakeBackend = Callable[..., Backend]
 

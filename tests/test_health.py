@@ -11,7 +11,7 @@ import pytest
 from balancer.backend import Backend
 from balancer.config import BackendConfig, HealthCheckConfig
 from balancer.health import HealthChecker, RiseFall, parse_load
-from balancer.upstream import UpstreamPool
+from balancer.upstream_pool import UpstreamPool
 
 from support import eventually, start_backend
 

@@ -22,7 +22,7 @@ from balancer.retry_budget import RetryBudget
 from balancer.runtime import Runtime
 from balancer.strategies import STRATEGIES, UnknownStrategy, make_strategy
 from balancer.strategies.round_robin import RoundRobin
-from balancer.upstream import UpstreamPool
+from balancer.upstream_pool import UpstreamPool
 
 from support import eventually
 

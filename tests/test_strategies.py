@@ -16,7 +16,7 @@ from balancer.pool import Pool
 from balancer.strategies import STRATEGIES, UnknownStrategy, make_strategy
 from balancer.strategies.consistent_hash import ConsistentHash
 from balancer.strategies.ring import MAX_POINTS, VNODES, Ring, ring_hash, vnodes
-from balancer.upstream import UpstreamPool
+from balancer.upstream_pool import UpstreamPool
 
 
 class Clock:

@@ -13,7 +13,8 @@ import pytest
 from balancer.errors import BackendDropped, BadRequest
 from balancer.pipeline.upload import completed as _completed
 from balancer.pipeline.upload import head_or_upload_failure as _head_or_upload_failure
-from balancer.upstream import UpstreamConnection, UpstreamPool
+from balancer.upstream import UpstreamConnection
+from balancer.upstream_pool import UpstreamPool
 
 from support import eventually, start_raw_backend
 

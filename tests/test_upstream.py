@@ -17,7 +17,8 @@ from balancer.errors import (
     ConnectFailed,
     StaleConnection,
 )
-from balancer.upstream import HIGH_WATER, ResponseHead, UpstreamConnection, UpstreamPool
+from balancer.upstream import HIGH_WATER, ResponseHead, UpstreamConnection
+from balancer.upstream_pool import UpstreamPool
 
 from support import eventually, free_port, start_backend, start_raw_backend
 
