@@ -14,6 +14,7 @@ from balancer import __version__
 from balancer.backend import Backend, Mode
 from balancer.control import Control
 from balancer.metrics import exposition, make_registry
+from balancer.peer_link import BadEvent, apply_events, parse_events
 
 log = logging.getLogger("balancer.admin")
 
@@ -179,7 +180,10 @@ def make_admin_app(
     control: Control,
     *,
     clock: Callable[[], float] = time.monotonic,
+    peer: bool = False,
 ) -> web.Application:
+    """The admin API (SPEC §3). `peer`: a worker's app, on its private Unix socket, which also
+    takes the supervisor's health and breaker events (peer_link)."""
     started = clock()
     registry = make_registry(control)
 
@@ -230,10 +234,21 @@ def make_admin_app(
     # The Origin check first: before anything else is looked at, a token included (SPEC §3).
     app = web.Application(middlewares=[refuse_foreign_origins, json_errors])
     app.on_response_prepare.append(_without_server_header)
+
     async def reload(request: web.Request) -> web.Response:
         outcome = await control.reload()
         return web.json_response(outcome.as_json(), status=200 if outcome.ok else 400)
 
+    async def peer_events(request: web.Request) -> web.Response:
+        try:
+            events = parse_events(await request.read())
+        except BadEvent as exc:
+            return web.json_response({"error": f"bad peer events: {exc}"}, status=400)
+        apply_events(control.registry.backends, events)
+        return web.json_response({"applied": len(events)})
+
+    if peer:
+        app.router.add_post("/peer/events", peer_events)
     app.router.add_get("/", index)
     app.router.add_post("/reload", reload)
     app.router.add_route("*", "/backends/{name}/{action}", set_mode)

@@ -12,6 +12,10 @@ backend out until reset_timeout has passed or, sooner, until the health checks h
 `rise` times in a row since it opened (a restarted backend is not kept out for a minute, as
 HAProxy's `on-error mark-down` and Envoy's uneject on a passing active check); failing probes
 never shorten it.
+
+With workers (SPEC §6) a breaker is the balancer's: `on_transition` tells the supervisor when
+this worker's breaker opens or closes, and `adopt` takes another worker's opening or closing
+(passed on by the supervisor) without telling anyone again.
 """
 
 from __future__ import annotations
@@ -59,6 +63,7 @@ class Breaker:
         loop: asyncio.AbstractEventLoop,
         on_change: Callable[[], None],
         rise: int = 2,
+        on_transition: Callable[[BreakerState], None] | None = None,
     ) -> None:
         self.name = name
         self.reset_timeout = reset_timeout
@@ -67,6 +72,8 @@ class Breaker:
         self._opened_at = 0.0
         self._loop = loop
         self._on_change = on_change
+        self._on_transition = on_transition
+        self._adopting = False  # the transition under way is another worker's
         self._timer: asyncio.TimerHandle | None = None
         self.trial_in_flight = False
         self._failures_counted = False  # pybreaker's fail_counter > 0 (a property, and slow)
@@ -118,6 +125,21 @@ class Breaker:
             )
             self._half_open()
 
+    def adopt(self, state: BreakerState) -> None:
+        """Another worker's breaker opened or closed: so does this one (half-open is each
+        worker's own, by its timer or the health checks every worker hears)."""
+        if state == self.state or state == "half_open":
+            return
+        self._adopting = True
+        try:
+            if state == "open":
+                self._cb.open()
+            else:
+                self._cb.close()
+        finally:
+            self._adopting = False
+        self._failures_counted = self._cb.fail_counter > 0
+
     @property
     def consecutive_failures(self) -> int:
         return int(self._cb.fail_counter)
@@ -158,14 +180,19 @@ class Breaker:
         self.state = new
         if new == old:
             return
-        log.log(
-            logging.WARNING if new == "open" else logging.INFO,
-            "backend %s: circuit breaker %s -> %s%s",
-            self.name,
-            old,
-            new,
-            f" (for {self.reset_timeout:g}s)" if new == "open" else "",
-        )
+        if self._adopting:  # logged once, by the worker where it happened
+            log.debug("backend %s: breaker %s -> %s (another worker's)", self.name, old, new)
+        else:
+            log.log(
+                logging.WARNING if new == "open" else logging.INFO,
+                "backend %s: circuit breaker %s -> %s%s",
+                self.name,
+                old,
+                new,
+                f" (for {self.reset_timeout:g}s)" if new == "open" else "",
+            )
+            if self._on_transition is not None and new != "half_open":
+                self._on_transition(new)
         self.trial_in_flight = False
         if self._timer is not None:
             self._timer.cancel()

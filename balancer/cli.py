@@ -3,23 +3,15 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
 import os
 import sys
-from collections.abc import Callable
 
 from balancer import __version__
-from balancer.config import (
-    LOG_LEVELS,
-    Config,
-    ConfigError,
-    check_workers,
-    load_config,
-    summary,
-)
+from balancer.config import Config, ConfigError, load_config, summary
 from balancer.config_warnings import config_warnings
 from balancer.inactive import inactive
+from balancer.overrides import NO_OVERRIDES, CommandLine
 
 EXIT_OK, EXIT_FAILURE, EXIT_BAD_CONFIG = 0, 1, 2
 DEFAULT_CONFIG = "balancer.yaml"
@@ -43,43 +35,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def _apply_overrides(config: Config, args: argparse.Namespace) -> Config:
-    problems: list[str] = []
-    changes: dict[str, object] = {}
-    if args.log_level is not None:
-        level = args.log_level.upper()
-        if level in LOG_LEVELS:
-            changes["log_level"] = level
-        else:
-            problems.append(
-                f"--log-level: unknown level {args.log_level!r} "
-                "(valid: debug, info, warning, error)"
-            )
-    if args.workers is not None:
-        if args.workers == "auto":
-            changes["workers"] = os.cpu_count() or 1
-            changes["workers_auto"] = True
-        elif args.workers.isdigit() and int(args.workers) >= 1:
-            changes["workers"] = int(args.workers)
-            changes["workers_auto"] = False
-        else:
-            problems.append(f"--workers: expected a number >= 1 or 'auto', got {args.workers!r}")
-    if problems:
-        raise ValueError("\n".join(problems))
-    if not changes:
-        return config
-    config = dataclasses.replace(config, **changes)  # type: ignore[arg-type]
-    return check_workers(config, from_file=False) if "workers" in changes else config
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     path = args.config or os.environ.get("BALANCER_CONFIG") or DEFAULT_CONFIG
     if not (args.config or os.environ.get("BALANCER_CONFIG") or os.path.exists(DEFAULT_CONFIG)):
         print(NO_CONFIG, file=sys.stderr)
         return EXIT_BAD_CONFIG
+    overrides = CommandLine(args.log_level, args.workers)
     try:
-        config = _apply_overrides(load_config(path), args)
+        config = overrides(load_config(path))
     except ConfigError as exc:
         for line in exc.lines():
             print(line, file=sys.stderr)
@@ -93,13 +57,13 @@ def main(argv: list[str] | None = None) -> int:
         print(summary(config))
         print(f"{path}: configuration is valid")
         return EXIT_OK
-    return run(config, path, lambda reread: _apply_overrides(reread, args))
+    return run(config, path, overrides)
 
 
 def run(
     config: Config,
     path: str | None = None,
-    overrides: Callable[[Config], Config] = lambda config: config,
+    overrides: CommandLine = NO_OVERRIDES,
 ) -> int:
     """Serve `config`; a reload re-reads `path` and applies the same command-line overrides."""
     import uvloop
@@ -118,7 +82,7 @@ def run(
     for warning in config_warnings(config):
         log.warning("%s", warning.render(config.source))
     if config.workers > 1:
-        return _supervise(config)
+        return _supervise(config, path, overrides)
     try:
         status = uvloop.run(serve(config, config_path=path, overrides=overrides))
     except UnknownStrategy as exc:
@@ -132,12 +96,12 @@ def run(
     return status
 
 
-def _supervise(config: Config) -> int:
+def _supervise(config: Config, path: str | None, overrides: CommandLine) -> int:
     """workers > 1: a supervisor and its worker processes (SPEC §6)."""
     from balancer.supervisor import StartupError, supervise
 
     try:
-        return supervise(config)
+        return supervise(config, path, overrides)
     except StartupError as exc:
         print(f"balancer: {exc}", file=sys.stderr)
         return EXIT_FAILURE

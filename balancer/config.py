@@ -812,14 +812,11 @@ def parse_config(
     if "workers" in fields.values:
         auto = _value(walk, fields.nodes["workers"], "workers", text=True) == "auto"
         fields.values["workers_auto"] = auto
-    return check_workers(
-        Config(**fields.values, source=source, lines=MappingProxyType(walk.lines))
-    )
+    return check_workers(Config(**fields.values, source=source, lines=MappingProxyType(walk.lines)))
 
 
 SEVERAL_WORKERS_STICKY = (
-    "several workers need redis.url for sticky sessions (a per-worker table would break "
-    "stickiness)"
+    "several workers need redis.url for sticky sessions (a per-worker table would break stickiness)"
 )
 
 

@@ -19,7 +19,7 @@ from typing import Any
 
 from balancer.config import Config, ConfigError, Problem, load_config
 from balancer.front import FrontServer
-from balancer.health import HealthChecker
+from balancer.health import HealthChecker, target_of
 from balancer.listener import ConnectionGate
 from balancer.proxy import Proxy
 from balancer.registry import Registry
@@ -61,6 +61,23 @@ def restart_problems(old: Config, new: Config) -> list[Problem]:
             line = new.lines.get(key)
             problems.append(Problem(key, f"needs a restart ({before} -> {after})", line))
     return problems
+
+
+async def reread(
+    path: str, overrides: Overrides, current: Config
+) -> tuple[Config | None, tuple[str, ...]]:
+    """The file as a reload would serve it, or None and every problem: it does not parse or
+    validate, or it changes what needs a restart. Read and parsed off the event loop."""
+    try:
+        config = overrides(await asyncio.to_thread(load_config, path))
+    except ConfigError as exc:
+        return None, tuple(exc.lines())
+    except ValueError as exc:
+        return None, (str(exc),)
+    problems = restart_problems(current, config)
+    if problems:
+        return None, tuple(p.render(config.source) for p in problems)
+    return config, ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,9 +127,7 @@ class Control:
         """The Runtime of the config the process started with."""
         if isinstance(self.store, RedisStore):
             await self.store.connect()  # never blocks start: a Redis that is down is retried
-        runtime, _ = build(
-            self.config, self.registry, None, sticky=await self._sticky(self.config)
-        )
+        runtime, _ = build(self.config, self.registry, None, sticky=await self._sticky(self.config))
         self.registry.adopt(runtime.pool.backends, ())
         self.runtime = runtime
         return runtime
@@ -169,16 +184,9 @@ class Control:
     async def _reload(self) -> Outcome:
         if self.path is None:
             return Outcome(False, ("no file to reload: the config was not read from one",))
-        try:
-            # The file is read and parsed off the event loop (never block it).
-            config = self.overrides(await asyncio.to_thread(load_config, self.path))
-        except ConfigError as exc:
-            return Outcome(False, tuple(exc.lines()))
-        except ValueError as exc:
-            return Outcome(False, (str(exc),))
-        problems = restart_problems(self.config, config)
-        if problems:
-            return Outcome(False, tuple(p.render(config.source) for p in problems))
+        config, problems = await reread(self.path, self.overrides, self.config)
+        if config is None:
+            return Outcome(False, problems)
         return await self.apply(config)
 
     async def apply(self, config: Config) -> Outcome:
@@ -204,7 +212,7 @@ class Control:
         if self.gate is not None:
             self.gate.set_cap(config.limits.max_connections)
         if self.health is not None:
-            self.health.sync(runtime.pool.backends, config.health_check)
+            self.health.sync(map(target_of, runtime.pool.backends), config.health_check)
         _set_log_level(config.log_level)
         if self.proxy is not None:
             self.proxy.debug = logging.getLogger("balancer.proxy").isEnabledFor(logging.DEBUG)

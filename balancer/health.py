@@ -15,7 +15,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from typing import Protocol
 
 from balancer.backend import Backend, Health
 from balancer.config import HealthCheckConfig
@@ -92,6 +94,59 @@ async def probe(pool: UpstreamPool, path: str, deadline: float) -> ProbeResult:
     return ProbeResult(passed, f"status {response.status}", cpu, memory)
 
 
+@dataclass(frozen=True, slots=True)
+class ProbeTarget:
+    """What a probe loop probes: a backend's name and address (a new url is a new target)."""
+
+    name: str
+    host: str
+    port: int
+    use_tls: bool
+
+
+def target_of(backend: Backend) -> ProbeTarget:
+    upstream = backend.upstream
+    return ProbeTarget(backend.name, upstream.host, upstream.port, upstream.use_tls)
+
+
+class HealthSink(Protocol):
+    """Where probe results go: this process's backends, or (a supervisor) every worker's."""
+
+    def healthy(self, target: ProbeTarget) -> bool:
+        """The health a (re)started loop's rise/fall count starts from."""
+        ...
+
+    def report(self, target: ProbeTarget, result: ProbeResult, health: Health) -> None:
+        """One probe's result and the health it leaves the backend in."""
+        ...
+
+
+def apply_probe(backend: Backend, result: ProbeResult, health: Health) -> None:
+    """A probe's result on one backend: its reported load, its last check, its breaker (rise
+    passes shorten an open one, SPEC §2) and its health."""
+    backend.report_load(result.cpu, result.memory)
+    backend.last_check = result.detail
+    if backend.breaker is not None and not result.skipped:
+        backend.breaker.probe_result(result.passed)
+    backend.set_health(health)
+
+
+class LocalHealth:
+    """One process: the results go straight to its own backends."""
+
+    def __init__(self, backends: Callable[[], Mapping[str, Backend]]) -> None:
+        self._backends = backends
+
+    def healthy(self, target: ProbeTarget) -> bool:
+        backend = self._backends().get(target.name)
+        return backend is None or backend.health == "healthy"
+
+    def report(self, target: ProbeTarget, result: ProbeResult, health: Health) -> None:
+        backend = self._backends().get(target.name)
+        if backend is not None and target_of(backend) == target:
+            apply_probe(backend, result, health)
+
+
 def _ended(task: asyncio.Task[None]) -> None:
     """A probe loop only ends by stop(); should one ever end otherwise, say so loudly."""
     if not task.cancelled() and (exc := task.exception()) is not None:
@@ -99,42 +154,48 @@ def _ended(task: asyncio.Task[None]) -> None:
 
 
 class HealthChecker:
+    """One probe loop per target; with workers the supervisor runs the only one, so each
+    backend is probed once per interval for the whole balancer (SPEC §6)."""
+
     def __init__(
         self,
-        backends: tuple[Backend, ...],
+        targets: Iterable[ProbeTarget],
         config: HealthCheckConfig,
+        sink: HealthSink,
         *,
         loop: asyncio.AbstractEventLoop,
         rng: random.Random | None = None,
     ) -> None:
         self.config = config
-        self._backends = backends
+        self._targets = tuple(targets)
+        self._sink = sink
         self._loop = loop
         self._rng = rng or random.Random()
-        self._tasks: dict[Backend, asyncio.Task[None]] = {}  # one probe loop per backend
+        self._tasks: dict[ProbeTarget, asyncio.Task[None]] = {}  # one probe loop per target
         self.failed_probes: dict[str, int] = {}  # per backend name, since start
 
     def start(self) -> None:
-        self.sync(self._backends, self.config)
+        self.sync(self._targets, self.config)
 
-    def sync(self, backends: tuple[Backend, ...], config: HealthCheckConfig) -> None:
-        """Probe exactly `backends` with `config` (a reload): loops of backends that left
-        stop, new backends get one; new settings restart every loop (each keeps its
-        backend's health: the rise/fall count starts from it)."""
+    def sync(self, targets: Iterable[ProbeTarget], config: HealthCheckConfig) -> None:
+        """Probe exactly `targets` with `config` (a reload): loops of targets that left
+        stop, new ones get one; new settings restart every loop (each keeps its backend's
+        health: the rise/fall count starts from it)."""
+        targets = tuple(targets)
         if config != self.config:
             self.config = config
             self._cancel(list(self._tasks))
-        self._backends = backends
-        self._cancel([b for b in self._tasks if b not in backends])
-        for backend in backends:
-            if backend not in self._tasks:
-                task = self._loop.create_task(self._run(backend))
+        self._targets = targets
+        self._cancel([t for t in self._tasks if t not in targets])
+        for target in targets:
+            if target not in self._tasks:
+                task = self._loop.create_task(self._run(target))
                 task.add_done_callback(_ended)
-                self._tasks[backend] = task
+                self._tasks[target] = task
 
-    def _cancel(self, backends: list[Backend]) -> None:
-        for backend in backends:
-            self._tasks.pop(backend).cancel()
+    def _cancel(self, targets: list[ProbeTarget]) -> None:
+        for target in targets:
+            self._tasks.pop(target).cancel()
 
     async def stop(self) -> None:
         tasks = list(self._tasks.values())
@@ -143,18 +204,17 @@ class HealthChecker:
         await asyncio.gather(*tasks, return_exceptions=True)
         self._tasks = {}
 
-    async def _run(self, backend: Backend) -> None:
+    async def _run(self, target: ProbeTarget) -> None:
         config = self.config
-        upstream = backend.upstream
         pool = UpstreamPool(
-            upstream.host,
-            upstream.port,
-            use_tls=upstream.use_tls,
+            target.host,
+            target.port,
+            use_tls=target.use_tls,
             connect_timeout=config.timeout,
             read_timeout=config.timeout,
             loop=self._loop,
         )
-        counter = RiseFall(config.rise, config.fall, healthy=backend.health == "healthy")
+        counter = RiseFall(config.rise, config.fall, healthy=self._sink.healthy(target))
         last_error = ""
         skipping = False  # logged at warning once a run of skipped probes starts
         while True:
@@ -165,25 +225,21 @@ class HealthChecker:
                 # goes on; logged when it first happens and again only when it changes.
                 result = ProbeResult(False, f"failed: {type(exc).__name__}: {exc}"[:300])
                 if result.detail != last_error:
-                    log.warning("backend %s: health check %s", backend.name, result.detail)
+                    log.warning("backend %s: health check %s", target.name, result.detail)
                     last_error = result.detail
             else:
                 last_error = ""
             if not result.passed and not result.skipped:
-                self.failed_probes[backend.name] = self.failed_probes.get(backend.name, 0) + 1
-            backend.report_load(result.cpu, result.memory)
-            backend.last_check = result.detail
+                self.failed_probes[target.name] = self.failed_probes.get(target.name, 0) + 1
             if result.skipped:
                 level = logging.DEBUG if skipping else logging.WARNING
-                log.log(level, "health check of %s %s", backend.name, result.detail)
+                log.log(level, "health check of %s %s", target.name, result.detail)
             skipping = result.skipped
-            if backend.breaker is not None and not result.skipped:
-                backend.breaker.probe_result(result.passed)
             verdict = None if result.skipped else counter.observe(result.passed)
             if verdict is not None:
                 # Going down is worth a warning; coming back is routine (INFO).
                 level = logging.WARNING if verdict == "unhealthy" else logging.INFO
                 detail = result.detail
-                log.log(level, "backend %s is %s: health check %s", backend.name, verdict, detail)
-                backend.set_health(verdict)
+                log.log(level, "backend %s is %s: health check %s", target.name, verdict, detail)
+            self._sink.report(target, result, "healthy" if counter.healthy else "unhealthy")
             await asyncio.sleep(config.interval * self._rng.uniform(1 - JITTER, 1 + JITTER))

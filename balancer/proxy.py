@@ -53,7 +53,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("balancer.proxy")
 
 
-
 class Proxy:
     """The request path over the current Runtime (runtime.py), read once per request."""
 
@@ -277,6 +276,7 @@ class Proxy:
         stats = backend.requests if backend is not None else self.unrouted
         stats.record(status, self.clock() - started)
 
+
 def _websocket_upgrade(headers: CIMultiDictProxy[str]) -> bytes | None:
     """The Upgrade value when the request asks for a WebSocket (the only one tunnelled)."""
     upgrade = headers.get("Upgrade")
@@ -286,5 +286,3 @@ def _websocket_upgrade(headers: CIMultiDictProxy[str]) -> bytes | None:
     if "upgrade" not in connection.lower():
         return None
     return upgrade.encode("latin-1")
-
-

@@ -11,16 +11,26 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 
 from balancer.backend import Backend, RequestStats
-from balancer.breaker import Breaker
+from balancer.breaker import Breaker, BreakerState
 from balancer.config import BackendConfig, Config
 from balancer.upstream_pool import UpstreamPool
 
 log = logging.getLogger("balancer.registry")
 
 
-def new_backend(config: Config, bc: BackendConfig, loop: asyncio.AbstractEventLoop) -> Backend:
+#: Told when a backend's breaker opens or closes here (a worker tells its supervisor).
+BreakerHook = Callable[[str, BreakerState], None]
+
+
+def new_backend(
+    config: Config,
+    bc: BackendConfig,
+    loop: asyncio.AbstractEventLoop,
+    on_breaker: BreakerHook | None = None,
+) -> Backend:
     upstream = UpstreamPool(
         bc.host,
         bc.port,
@@ -39,6 +49,7 @@ def new_backend(config: Config, bc: BackendConfig, loop: asyncio.AbstractEventLo
         loop=loop,
         on_change=backend.breaker_changed,
         rise=config.health_check.rise,
+        on_transition=None if on_breaker is None else lambda state: on_breaker(bc.name, state),
     )
     return backend
 
@@ -68,8 +79,11 @@ def same_target(backend: Backend, bc: BackendConfig) -> bool:
 class Registry:
     """Every backend by name, and those retiring (removed, with requests still in flight)."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, on_breaker: BreakerHook | None = None
+    ) -> None:
         self.loop = loop
+        self.on_breaker = on_breaker
         self.backends: dict[str, Backend] = {}
         self.retiring: set[Backend] = set()
         # Requests answered without any backend (503): the balancer's, whatever the Runtime.

@@ -82,7 +82,7 @@ def build(
             configure(backend, config, bc)
             kept.append(backend)
         else:
-            backend = new_backend(config, bc, registry.loop)
+            backend = new_backend(config, bc, registry.loop, registry.on_breaker)
             added.append(backend)
         backends.append(backend)
     retired = tuple(b for b in registry.backends.values() if b not in backends)

@@ -9,18 +9,20 @@ import signal
 import socket
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from aiohttp import web
 
 from balancer import __version__
-from balancer.admin import make_admin_app
+from balancer.admin import MODES, make_admin_app
 from balancer.config import Address, Config
 from balancer.control import Control
 from balancer.fdlimit import raise_fd_limit
 from balancer.front import FrontServer
 from balancer.front_admin import AdminRunner
-from balancer.health import HealthChecker
+from balancer.health import HealthChecker, LocalHealth, target_of
 from balancer.listener import CappedSite, ConnectionGate, bind
+from balancer.peer_link import Event, SupervisorLink, apply_events
 from balancer.proxy import Proxy
 from balancer.registry import Registry
 from balancer.sticky.store import SessionStore
@@ -79,14 +81,31 @@ async def _listen(
     return [_url(sockname) for sockname in runner.addresses]
 
 
-async def _listen_admin(
-    runner: web.BaseRunner, address: Address, path: str | None
-) -> list[str]:
+async def _listen_admin(runner: web.BaseRunner, address: Address, path: str | None) -> list[str]:
     if path is None:
         return await _listen(runner, address, "admin")
     site = web.UnixSite(runner, path)
     await site.start()
     return [f"unix:{path}"]
+
+
+@dataclass(frozen=True)
+class Joining:
+    """A worker joining its supervisor's balancer: who it is, where to report its breakers,
+    and the modes and backend states to take on before it listens (SPEC §6)."""
+
+    index: int
+    supervisor_path: str
+    modes: dict[str, str] = field(default_factory=dict)
+    events: list[Event] = field(default_factory=list)
+
+
+def _join(control: Control, joining: Joining) -> None:
+    backends = control.registry.backends
+    for name, action in joining.modes.items():
+        if (backend := backends.get(name)) is not None and action in MODES:
+            backend.set_mode(MODES[action])
+    apply_events(backends, joining.events)
 
 
 async def serve(
@@ -97,6 +116,7 @@ async def serve(
     admin_path: str | None = None,
     config_path: str | None = None,
     overrides: Callable[[Config], Config] = lambda config: config,
+    joining: Joining | None = None,
 ) -> int:
     """Run until SIGTERM/SIGINT, then shut down gracefully (SPEC §1). The exit status: 0, or
     1 when a second signal cut the requests still in flight.
@@ -107,9 +127,12 @@ async def serve(
     check_parser()
     raise_fd_limit(config.limits.max_connections)
     loop = asyncio.get_running_loop()
-    registry = Registry(loop)
+    link = None if joining is None else SupervisorLink(joining.supervisor_path, joining.index)
+    registry = Registry(loop, on_breaker=None if link is None else link.breaker_changed)
     control = Control(config, path=config_path, overrides=overrides, registry=registry)
     runtime = await control.first()
+    if joining is not None:
+        _join(control, joining)
     proxy = Proxy(runtime, registry.unrouted)
     control.proxy = proxy
     gate = ConnectionGate(config.limits.max_connections)
@@ -117,13 +140,17 @@ async def serve(
     runner = web.ServerRunner(front, handle_signals=False, shutdown_timeout=config.shutdown_timeout)
     control.front, control.gate = front, gate
     admin_runner = AdminRunner(  # the front's head deadline and limits (SPEC §4)
-        make_admin_app(control),
+        make_admin_app(control, peer=joining is not None),
         limits=config.limits,
         timeouts=config.timeouts,
         handle_signals=False,
     )
-    health = HealthChecker(runtime.pool.backends, config.health_check, loop=loop)
-    control.health = health
+    health = None
+    if joining is None:
+        targets = map(target_of, runtime.pool.backends)
+        sink = LocalHealth(lambda: registry.backends)
+        health = HealthChecker(targets, config.health_check, sink, loop=loop)
+        control.health = health
     await runner.setup()
     await admin_runner.setup()
     try:
@@ -141,7 +168,8 @@ async def serve(
             announce(f"backend {backend.name} {backend.url} weight {backend.weight}")
         sys.stdout.flush()
         _log_start(config, control.store, listeners)
-        health.start()
+        if health is not None:
+            health.start()
         # What start-up made lives as long as the process: out of the collector's way, so its
         # collections (set off by the request path's allocations) scan only what is young.
         gc.freeze()
@@ -163,14 +191,15 @@ async def serve(
         # aiohttp's cleanup is the numbered shutdown: stop accepting, close idle keep-alive
         # connections, wait for in-flight handlers up to shutdown_timeout, cancel the rest.
         cut: list[int] = []
-        deadline = loop.call_later(
-            config.shutdown_timeout, lambda: cut.append(in_flight(control))
-        )
+        deadline = loop.call_later(config.shutdown_timeout, lambda: cut.append(in_flight(control)))
         interrupted = await _drain(loop, runner, front, control)
         deadline.cancel()
         if cut and cut[0] and not interrupted:
             log.warning("shutdown_timeout passed: cancelled %d request(s) still in flight", cut[0])
-        await health.stop()
+        if health is not None:
+            await health.stop()
+        if link is not None:
+            await link.close()
         await admin_runner.cleanup()
         await control.store.close()
         registry.close()

@@ -7,6 +7,12 @@ and a restart never race. Each worker is a fresh interpreter (`python -m balance
 that inherits the sockets (`pass_fds`) and runs `serve()` on them; it is in a process group
 of its own, so a terminal's Ctrl+C reaches the supervisor alone, which passes one SIGTERM on
 (two, Ctrl+C twice, cut the requests in flight as in one process).
+
+The supervisor also holds what the workers share (shared_state): it runs the health checks
+for the whole balancer and relays breaker changes between workers. A reload (SIGHUP or POST
+/reload) is checked here first (a bad file or a restart-only change asks no worker), then
+every worker reloads, then the supervisor's own copy of the config follows: the one a
+restarted worker starts from.
 """
 
 from __future__ import annotations
@@ -26,10 +32,14 @@ from dataclasses import dataclass, field
 from aiohttp import web
 
 from balancer.config import Config
+from balancer.control import reread
 from balancer.front_admin import AdminRunner
 from balancer.listener import bind
-from balancer.supervisor_admin import WorkerAdmin, make_supervisor_app
+from balancer.overrides import NO_OVERRIDES, CommandLine
+from balancer.shared_state import Peer, SharedState
+from balancer.supervisor_admin import ReloadAnswer, WorkerAdmin, make_supervisor_app
 from balancer.worker import exited, listening, start_worker
+from balancer.worker_start import WorkerStart
 
 log = logging.getLogger("balancer.supervisor")
 
@@ -47,7 +57,8 @@ class Worker:
     admin_path: str
     process: asyncio.subprocess.Process | None = None
     pid: int = 0
-    ready: bool = False
+    listening: bool = False  # its sockets and admin socket are open
+    ready: bool = False  # listening, and the admin API's modes were replayed to it
     started: float = 0.0
     restarts: int = 0
     backoff: float = BACKOFF_FIRST
@@ -87,8 +98,12 @@ class StartupError(Exception):
 
 
 class Supervisor:
-    def __init__(self, config: Config) -> None:
+    def __init__(
+        self, config: Config, path: str | None = None, overrides: CommandLine = NO_OVERRIDES
+    ) -> None:
         self.config = config
+        self.path = path
+        self.overrides = overrides
         self.events: asyncio.Queue[Event] = asyncio.Queue()
         self.directory = tempfile.mkdtemp(prefix="balancer-")  # 0700: ours alone
         self.workers = [
@@ -96,6 +111,9 @@ class Supervisor:
             for i in range(config.workers)
         ]
         self.admin = WorkerAdmin(config, lambda: self.workers)
+        self.peer_path = os.path.join(self.directory, "supervisor.sock")
+        self.shared: SharedState | None = None
+        self._reload_lock = asyncio.Lock()
         self.sockets: list[socket.socket] = []
         self.announced = False
         self.stopping = False
@@ -107,13 +125,17 @@ class Supervisor:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.add_signal_handler(sig, self.events.put_nowait, sig)
         runner = AdminRunner(
-            make_supervisor_app(self.admin),
+            make_supervisor_app(self.admin, self.reload),
             limits=self.config.limits,
             timeouts=self.config.timeouts,
             handle_signals=False,
         )
         await runner.setup()
+        self.shared = shared = SharedState(self.config, lambda: self.workers, self._send, loop=loop)
+        peer_runner = web.AppRunner(shared.make_app(), handle_signals=False)
+        await peer_runner.setup()
         try:
+            await web.UnixSite(peer_runner, self.peer_path).start()
             listen, admin = self.config.listen, self.config.admin.listen
             try:
                 self.sockets = await bind(listen.host, listen.port, backlog=BACKLOG)
@@ -125,6 +147,7 @@ class Supervisor:
             except OSError as exc:
                 raise StartupError(f"cannot listen on {admin} (admin): {exc.strerror}") from None
             log.info("starting %d workers", len(self.workers))
+            shared.start()
             for worker in self.workers:
                 await self._spawn(worker)
             await self._dispatch(runner)
@@ -132,8 +155,10 @@ class Supervisor:
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
             await self._kill_all()
+            await shared.stop()
             await self.admin.close()
             await runner.cleanup()
+            await peer_runner.cleanup()
             for sock in self.sockets:
                 sock.close()
             shutil.rmtree(self.directory, ignore_errors=True)
@@ -162,9 +187,13 @@ class Supervisor:
 
     def _on_signal(self, sig: signal.Signals) -> None:
         if sig == signal.SIGHUP:
-            log.info("SIGHUP: passing it on to every worker")
-            self.admin.reloaded = True
-            self._send_all(signal.SIGHUP)
+            if self.stopping:
+                log.info("SIGHUP while stopping: ignored")
+                return
+            log.info("SIGHUP: reloading %s in every worker", self.path)
+            task = asyncio.get_running_loop().create_task(self._reload_logged())
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
             return
         if self.stopping:
             log.warning("second %s: passing it on (workers cut what is in flight)", sig.name)
@@ -200,6 +229,9 @@ class Supervisor:
         if event.process is not worker.process:
             return
         serving, worker.process, worker.ready = worker.ready, None, False
+        worker.listening = False
+        if self.shared is not None:
+            self.shared.left(worker)
         if self.stopping:
             log.info("worker %d (pid %d) %s", worker.index, worker.pid, describe(code))
             # Killed by our SIGTERM before it served: nothing was in flight. Any other status
@@ -248,7 +280,15 @@ class Supervisor:
             worker.restart = loop.call_later(delay, self.events.put_nowait, worker)
 
     async def _spawn(self, worker: Worker) -> None:
-        process = await start_worker(self.config, worker.index, self.sockets, worker.admin_path)
+        assert self.shared is not None
+        start = WorkerStart(
+            self.config,
+            self.overrides,
+            self.peer_path,
+            dict(self.admin.modes),
+            self.shared.snapshot(),
+        )
+        process = await start_worker(start, worker.index, self.sockets, worker.admin_path)
         worker.process, worker.pid, worker.started = process, process.pid, time.monotonic()
         if self.announced:
             worker.restarts += 1
@@ -272,7 +312,10 @@ class Supervisor:
             )
             with contextlib.suppress(ProcessLookupError):
                 process.kill()
-        if up:
+        if up and process is worker.process:
+            worker.listening = True
+            assert self.shared is not None
+            self.shared.joined(worker)
             await self.admin.replay(worker)
             self.events.put_nowait(Admitted(worker, process))
         self.events.put_nowait(Exited(worker, process, await exited(process)))
@@ -287,6 +330,44 @@ class Supervisor:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(process.wait(), 5)
                 log.error("worker %d (pid %d) killed", worker.index, process.pid)
+
+    async def _send(self, peer: Peer, body: bytes) -> bool:
+        """Shared state to one worker (its peer events route); False if it did not take it."""
+        worker = self.workers[peer.index]
+        if not worker.listening:
+            return False
+        answer = await self.admin.call(worker, "POST", "/peer/events", body)
+        return answer is not None and answer[0] == 200
+
+    # --- reload --------------------------------------------------------------------------------
+
+    async def reload(self) -> ReloadAnswer:
+        """The file, checked here, then reloaded by every worker (SPEC §3, §6): (HTTP status,
+        JSON body) for POST /reload."""
+        async with self._reload_lock:
+            if self.path is None:
+                problems: tuple[str, ...] = ("no file to reload: the config was not read from one",)
+                return 400, {"reloaded": False, "problems": list(problems)}
+            config, problems = await reread(self.path, self.overrides, self.config)
+            if config is None:
+                return 400, {"reloaded": False, "problems": list(problems)}
+            status, body = await self.admin.reload_all()
+            if status == 200:
+                self.config = config
+                self.admin.config = config
+                assert self.shared is not None
+                self.shared.sync(config)
+            return status, body
+
+    async def _reload_logged(self) -> None:
+        status, body = await self.reload()
+        if status == 200:
+            log.info("reloaded %s in every worker", self.path)
+        else:
+            problems = body.get("problems") or [body.get("error", "")]
+            log.warning(
+                "reload refused, the old config keeps serving:\n  %s", "\n  ".join(problems)
+            )
 
     def _announce(self, runner: web.BaseRunner) -> None:
         """The lines one process prints, once, for the whole balancer."""
@@ -305,6 +386,8 @@ class Supervisor:
         )
 
 
-def supervise(config: Config) -> int:
+def supervise(
+    config: Config, path: str | None = None, overrides: CommandLine = NO_OVERRIDES
+) -> int:
     """Run the supervisor on the standard asyncio loop (it proxies nothing itself)."""
-    return asyncio.run(Supervisor(config).run())
+    return asyncio.run(Supervisor(config, path, overrides).run())

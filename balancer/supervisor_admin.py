@@ -13,7 +13,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol
 
 import aiohttp
@@ -40,6 +40,7 @@ class WorkerLike(Protocol):
 
 
 Answer = tuple[int, bytes]
+ReloadAnswer = tuple[int, dict[str, Any]]  # POST /reload's status and JSON body
 
 
 class WorkerAdmin:
@@ -49,9 +50,6 @@ class WorkerAdmin:
         self.config = config
         self.workers = workers
         self.modes: dict[str, str] = {}  # backend -> the last drain/disable (enable: none)
-        # The file was reloaded since start: a (re)started worker, which got the config the
-        # supervisor started with, reloads it too before it counts as up.
-        self.reloaded = False
         self._sessions: dict[str, aiohttp.ClientSession] = {}
 
     def _session(self, path: str) -> aiohttp.ClientSession:
@@ -99,16 +97,27 @@ class WorkerAdmin:
             self.modes[name] = action
 
     async def replay(self, worker: WorkerLike) -> None:
-        """Bring a worker that (re)started to the file as last reloaded and to the modes the
-        admin API set."""
-        if self.reloaded:
-            answer = await self.call(worker, "POST", "/reload")
-            if answer is None or answer[0] != 200:
-                log.warning("worker %d: could not reload the file as the others did", worker.index)
+        """The modes the admin API set, to a worker that (re)started: it took them on before
+        it listened; one set since then reaches it now."""
         for name, action in list(self.modes.items()):
             answer = await self.call(worker, "POST", f"/backends/{name}/{action}")
             if answer is None or answer[0] != 200:
                 log.warning("worker %d: could not %s backend %s again", worker.index, action, name)
+
+    async def reload_all(self) -> ReloadAnswer:
+        """Every worker reloads the file; answered once all did (SPEC §3), 400 if any
+        refused it (they read the same file: the problems are the first refusal's)."""
+        asked = await self.ask_all("POST", "/reload")
+        answers = [(w, a) for w, a in asked if a is not None]
+        if not answers:
+            return 503, {"reloaded": False, "error": "no worker answered (restarting?)"}
+        views = [(w, view) for w, a in answers if isinstance(view := _json(a), dict)]
+        refused = [view for _, view in views if not view.get("reloaded")]
+        per_worker = [{"index": w.index, "reloaded": bool(v.get("reloaded"))} for w, v in views]
+        if refused or not views:
+            problems = (refused or [{}])[0].get("problems", [])
+            return 400, {"reloaded": False, "problems": problems, "workers": per_worker}
+        return 200, {**views[0][1], "workers": per_worker}
 
     async def close(self) -> None:
         for session in self._sessions.values():
@@ -143,7 +152,10 @@ async def _without_server_header(request: web.Request, response: web.StreamRespo
 
 
 def make_supervisor_app(
-    admin: WorkerAdmin, *, clock: Callable[[], float] = time.monotonic
+    admin: WorkerAdmin,
+    reload_all: Callable[[], Awaitable[ReloadAnswer]],
+    *,
+    clock: Callable[[], float] = time.monotonic,
 ) -> web.Application:
     started = clock()
 
@@ -217,21 +229,8 @@ def make_supervisor_app(
         return web.json_response(merge_backend(views))
 
     async def reload(request: web.Request) -> web.Response:
-        """Every worker reloads the file; answered once all did (SPEC §3), 400 if any
-        refused it (they read the same file: the problems are the first refusal's)."""
-        asked = await admin.ask_all("POST", "/reload")
-        answers = [(w, a) for w, a in asked if a is not None]
-        if not answers:
-            return web.json_response({"error": "no worker answered (restarting?)"}, status=503)
-        admin.reloaded = True
-        views = [(w, view) for w, a in answers if isinstance(view := _json(a), dict)]
-        refused = [view for _, view in views if not view.get("reloaded")]
-        per_worker = [{"index": w.index, "reloaded": bool(v.get("reloaded"))} for w, v in views]
-        if refused or not views:
-            body = {"reloaded": False, "problems": (refused or [{}])[0].get("problems", [])}
-            return web.json_response({**body, "workers": per_worker}, status=400)
-        first = views[0][1]
-        return web.json_response({**first, "workers": per_worker})
+        status, body = await reload_all()
+        return web.json_response(body, status=status)
 
     app = web.Application(middlewares=[refuse_foreign_origins, json_errors])
     app.on_response_prepare.append(_without_server_header)

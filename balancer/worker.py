@@ -3,9 +3,11 @@ the proxy on the listening sockets it inherited and its admin app on a private U
 Both ends are here: how the supervisor starts one and watches it, and what it runs.
 
 A fresh interpreter rather than a fork: uvloop, aiohttp and their threads are never copied
-mid-flight. The supervisor writes the Config (pickled, length-prefixed) on the worker's stdin
-and keeps that pipe open: end of file means the supervisor is gone, and the worker stops
-gracefully instead of serving on as an orphan nobody supervises.
+mid-flight. The supervisor writes a WorkerStart (pickled, length-prefixed) on the worker's
+stdin: the config as last reloaded, the command line's overrides, the admin API's modes and
+where every backend stands, all applied before the worker listens. It keeps that pipe open:
+end of file means the supervisor is gone, and the worker stops gracefully instead of serving
+on as an orphan nobody supervises.
 """
 
 from __future__ import annotations
@@ -16,32 +18,22 @@ import contextlib
 import dataclasses
 import logging
 import os
-import pickle
 import signal
 import socket
-import struct
 import sys
 
-from balancer.config import Config
+from balancer.worker_start import WorkerStart, encode_start, read_start
 
 log = logging.getLogger("balancer.worker")
 
-LENGTH = struct.Struct("!Q")  # the pickled Config's length, before it on stdin
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
-def encode_config(config: Config) -> bytes:
-    """What the supervisor writes on a worker's stdin. `lines` is a read-only mapping proxy,
-    which pickle refuses: it travels as a plain dict."""
-    data = pickle.dumps(dataclasses.replace(config, lines=dict(config.lines)))
-    return LENGTH.pack(len(data)) + data
-
-
 async def start_worker(
-    config: Config, index: int, sockets: list[socket.socket], admin_path: str
+    start: WorkerStart, index: int, sockets: list[socket.socket], admin_path: str
 ) -> asyncio.subprocess.Process:
     """A worker on the supervisor's `sockets`, in a process group of its own (a terminal's
-    Ctrl+C is the supervisor's to pass on), with the Config on its stdin."""
+    Ctrl+C is the supervisor's to pass on), with its WorkerStart on its stdin."""
     with contextlib.suppress(FileNotFoundError):
         os.unlink(admin_path)  # a killed worker's socket file stays behind
     fds = [sock.fileno() for sock in sockets]
@@ -61,7 +53,7 @@ async def start_worker(
         process_group=0,
     )
     assert process.stdin is not None
-    process.stdin.write(encode_config(config))  # and kept open: see _ParentWatch
+    process.stdin.write(encode_start(start))  # and kept open: see _ParentWatch
     return process
 
 
@@ -88,15 +80,6 @@ async def exited(process: asyncio.subprocess.Process) -> int:
     if process.stdin is not None:
         process.stdin.close()
     return code
-
-
-def read_config(stream: object) -> Config:
-    read = getattr(stream, "read")  # noqa: B009 (a binary stream)
-    (size,) = LENGTH.unpack(read(LENGTH.size))
-    config = pickle.loads(read(size))  # from our own supervisor, through a private pipe
-    if not isinstance(config, Config):
-        raise TypeError(f"expected a Config on stdin, got {type(config).__name__}")
-    return config
 
 
 class _PidInName(logging.Filter):
@@ -130,28 +113,34 @@ class _ParentWatch(asyncio.Protocol):
             os.kill(os.getpid(), signal.SIGTERM)
 
 
-async def _serve(config: Config, fds: list[int], admin_path: str) -> int:
-    from balancer.server import serve
+async def _serve(start: WorkerStart, index: int, fds: list[int], admin_path: str) -> int:
+    from balancer.server import Joining, serve
+
+    config = start.config
 
     loop = asyncio.get_running_loop()
     transport, watch = await loop.connect_read_pipe(_ParentWatch, sys.stdin.buffer)
     try:
         sockets = [socket.socket(fileno=fd) for fd in fds]
-        # A reload re-reads the file the supervisor read; the worker count stays the one it
-        # runs with (a change of it needs a restart, SPEC §6).
+        # A reload re-reads the file the supervisor read (and checked for what needs a
+        # restart), with the same command-line overrides; the worker count stays ours.
+        overrides = start.overrides
         return await serve(
             config,
             proxy_sockets=sockets,
             admin_path=admin_path,
             config_path=config.source if config.source != "<string>" else None,
-            overrides=lambda reread: dataclasses.replace(reread, workers=config.workers),
+            overrides=lambda reread: dataclasses.replace(overrides(reread), workers=config.workers),
+            joining=Joining(index, start.supervisor_path, start.modes, start.events),
         )
     finally:
         watch.closing = True
         transport.close()
         if watch.gone:  # nobody else will tidy the private directory: the last one out does
+            for path in (admin_path, start.supervisor_path):
+                with contextlib.suppress(OSError):
+                    os.unlink(path)
             with contextlib.suppress(OSError):
-                os.unlink(admin_path)
                 os.rmdir(os.path.dirname(admin_path))
 
 
@@ -164,7 +153,8 @@ def main(argv: list[str] | None = None) -> int:
     # SIGHUP before serve() takes it over would kill us (its default action); the supervisor
     # passes every SIGHUP on, whenever it comes.
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    config = read_config(sys.stdin.buffer)
+    start = read_start(sys.stdin.buffer)
+    config = start.config
     _setup_logging(config.log_level)
     log.debug("worker %d starting", args.index)
 
@@ -175,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
 
     fds = [int(fd) for fd in args.fds.split(",")]
     try:
-        return int(uvloop.run(_serve(config, fds, args.admin_path)))
+        return int(uvloop.run(_serve(start, args.index, fds, args.admin_path)))
     except UnknownStrategy as exc:
         print(f"{config.source}: strategy: {exc}", file=sys.stderr)
         return 2

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 from aiohttp import web
 
 LISTENING = re.compile(r"(proxy|admin) listening on (http://\S+)")
@@ -491,3 +492,27 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+# ---------------------------------------------------------------------------------------
+# Workers
+
+
+async def fresh_get(url: str) -> tuple[int, str]:
+    """One request on a connection of its own, so that either worker may accept it."""
+    timeout = aiohttp.ClientTimeout(total=10)
+    async with (
+        aiohttp.ClientSession(timeout=timeout) as client,
+        client.get(url, headers={"Connection": "close"}) as response,
+    ):
+        return response.status, await response.text()
+
+
+async def status(balancer: Balancer) -> dict[str, Any]:
+    status_code, text = await fresh_get(balancer.admin_url + "/status")
+    assert status_code == 200, text
+    return dict(json.loads(text))
+
+
+def pids(answer: dict[str, Any]) -> list[int]:
+    return [worker["pid"] for worker in answer["workers"]]

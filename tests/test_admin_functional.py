@@ -149,7 +149,10 @@ async def test_an_unknown_action_is_a_json_404_like_an_unknown_name(balancer: Ba
         async with session.post(balancer.admin_url + "/backends/b1/pause") as response:
             assert response.status == 404
             body = await response.json()
-        assert body == {"error": "no backend action 'pause'", "actions": ["drain", "disable", "enable"]}
+        assert body == {
+            "error": "no backend action 'pause'",
+            "actions": ["drain", "disable", "enable"],
+        }
         async with session.post(balancer.admin_url + "/backends/nope/pause") as response:
             assert response.status == 404
             assert (await response.json())["backends"] == ["b0", "b1"]

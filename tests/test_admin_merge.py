@@ -45,7 +45,9 @@ def status(*backends: dict[str, Any], **top: Any) -> dict[str, Any]:
 
 def test_counts_add_up_and_the_latency_is_weighted_by_requests() -> None:
     one = status(
-        backend(requests_total=30, attempts_total=31, failures_total=1, in_flight=2, latency_ewma_ms=1.0),
+        backend(
+            requests_total=30, attempts_total=31, failures_total=1, in_flight=2, latency_ewma_ms=1.0
+        ),
         backend(name="b1", requests_total=5),
         queued=1,
     )
@@ -66,15 +68,23 @@ def test_counts_add_up_and_the_latency_is_weighted_by_requests() -> None:
 
 def test_the_worst_view_shows_and_routable_if_any_worker_routes() -> None:
     one = status(backend(breaker="half_open", routable=False, breaker_retry_in_seconds=0))
-    two = status(backend(state="unhealthy", health="unhealthy", breaker="open", breaker_retry_in_seconds=7.5))
+    two = status(
+        backend(state="unhealthy", health="unhealthy", breaker="open", breaker_retry_in_seconds=7.5)
+    )
     three = status(backend(state="draining"))
     (merged,) = merge_status([one, two, three])["backends"]
-    assert (merged["state"], merged["health"], merged["breaker"]) == ("unhealthy", "unhealthy", "open")
+    assert (merged["state"], merged["health"], merged["breaker"]) == (
+        "unhealthy",
+        "unhealthy",
+        "open",
+    )
     assert merged["breaker_retry_in_seconds"] == 7.5
     assert merged["routable"] is True
     (alone,) = merge_status([one])["backends"]
     assert alone["routable"] is False and alone["breaker"] == "half_open"
-    sticky = merge_status([status(), status(sticky={"mode": "off", "store": "redis", "available": False})])
+    sticky = merge_status(
+        [status(), status(sticky={"mode": "off", "store": "redis", "available": False})]
+    )
     assert sticky["sticky"]["available"] is False
 
 
@@ -103,12 +113,14 @@ balancer_backend_latency_ewma_seconds{backend="b0"} 0.01
 """
 
 WORKER_1 = (
-    WORKER_0.replace('code="200"} 3.0', 'code="200"} 1.0\nbalancer_requests_total{backend="b0",code="502"} 4.0')
+    WORKER_0.replace(
+        'code="200"} 3.0', 'code="200"} 1.0\nbalancer_requests_total{backend="b0",code="502"} 4.0'
+    )
     .replace('le="0.1"} 2.0', 'le="0.1"} 1.0')
     .replace('le="+Inf"} 3.0', 'le="+Inf"} 1.0')
     .replace('_count{backend="b0"} 3.0', '_count{backend="b0"} 1.0')
     .replace('_sum{backend="b0"} 0.3', '_sum{backend="b0"} 0.5')
-    .replace("healthy{backend=\"b0\"} 1.0", "healthy{backend=\"b0\"} 0.0")
+    .replace('healthy{backend="b0"} 1.0', 'healthy{backend="b0"} 0.0')
     .replace('state{backend="b0"} 0.0', 'state{backend="b0"} 2.0')
     .replace('ewma_seconds{backend="b0"} 0.01', 'ewma_seconds{backend="b0"} 0.05')
 )
@@ -138,5 +150,7 @@ def test_metrics_add_counters_and_buckets_and_keep_the_worst_state() -> None:
     promtool = shutil.which("promtool")
     if promtool is None:
         pytest.skip("promtool is not installed (apt-get install prometheus)")
-    checked = subprocess.run([promtool, "check", "metrics"], input=text.encode(), capture_output=True)
+    checked = subprocess.run(
+        [promtool, "check", "metrics"], input=text.encode(), capture_output=True
+    )
     assert checked.returncode == 0, checked.stdout + checked.stderr

@@ -121,7 +121,9 @@ async def test_start_logs_one_warning_per_inactive_key(
     urls = "".join(f"  - url: {backend.url}\n" for backend in backends)
     text = HEAD.replace("}", ", token: x}") + "cache: {enabled: true}\nbackends:\n" + urls
     balancer = await balancer_factory([], config=text)
-    warnings = [line for line in balancer.stderr().splitlines() if " WARNING balancer.config:" in line]
+    warnings = [
+        line for line in balancer.stderr().splitlines() if " WARNING balancer.config:" in line
+    ]
     assert [line.split(" WARNING ", 1)[1] for line in warnings] == [
         "balancer.config: admin.token: parsed, not active yet (admin calls are not checked "
         "for it: anyone who reaches admin.listen can use the API)",
@@ -135,7 +137,9 @@ async def test_start_logs_each_warning_once_with_its_line(
 ) -> None:
     urls = "".join(f"  - url: {backend.url}\n    weight: 2\n" for backend in backends)
     balancer = await balancer_factory([], config=HEAD + "backends:\n" + urls)
-    warnings = [line for line in balancer.stderr().splitlines() if " WARNING balancer.config:" in line]
+    warnings = [
+        line for line in balancer.stderr().splitlines() if " WARNING balancer.config:" in line
+    ]
     config = tmp_path / "balancer0" / "balancer.yaml"
     assert [line.split(" WARNING ", 1)[1] for line in warnings] == [
         f"balancer.config: {config}:5: backends[0].weight: round_robin ignores weights (only 0"

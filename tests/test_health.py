@@ -10,7 +10,7 @@ import pytest
 
 from balancer.backend import Backend
 from balancer.config import BackendConfig, HealthCheckConfig
-from balancer.health import HealthChecker, RiseFall, parse_load
+from balancer.health import HealthChecker, LocalHealth, RiseFall, parse_load, target_of
 from balancer.upstream_pool import UpstreamPool
 
 from support import eventually, start_backend
@@ -74,7 +74,8 @@ async def test_a_probe_that_raises_is_a_failed_probe_and_probing_goes_on(
     )
     backend = Backend(BackendConfig(server.url, "b0", 1), upstream)
     checks = HealthCheckConfig(path="/h\u20ac", interval=0.01, timeout=1.0, rise=1, fall=2)
-    checker = HealthChecker((backend,), checks, loop=loop, rng=random.Random(1))
+    sink = LocalHealth(lambda: {"b0": backend})
+    checker = HealthChecker([target_of(backend)], checks, sink, loop=loop, rng=random.Random(1))
     caplog.set_level(logging.WARNING, logger="balancer.health")
     checker.start()
     try:

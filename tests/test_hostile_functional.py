@@ -25,10 +25,7 @@ CHUNKED_POST = (
 def _leaked(backends: list[Backend]) -> list[str]:
     """Paths of requests that arrived carrying a field of the attacker's trailer section."""
     return [
-        s.path
-        for b in backends
-        for s in b.seen
-        if s.header("X-Other") or s.header("Authorization")
+        s.path for b in backends for s in b.seen if s.header("X-Other") or s.header("Authorization")
     ]
 
 
@@ -274,9 +271,7 @@ async def test_a_stale_pooled_connection_is_retried_fresh_and_not_a_failure(
 async def test_upstream_idle_bounds_how_long_a_pooled_connection_is_reused(
     backends: list[Backend], balancer_factory: StartBalancer
 ) -> None:
-    balancer = await balancer_factory(
-        [backends[0].url], "timeouts: {upstream_idle: 100ms}\n"
-    )
+    balancer = await balancer_factory([backends[0].url], "timeouts: {upstream_idle: 100ms}\n")
     async with aiohttp.ClientSession() as session:
         for _ in range(3):
             async with session.get(balancer.url + "/") as response:

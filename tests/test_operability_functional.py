@@ -64,9 +64,7 @@ async def test_an_open_breaker_shows_unroutable_with_its_retry_time_and_passing_
 async def test_requests_total_counts_answers_and_attempts_total_every_try(
     backends: list[Backend], balancer_factory: StartBalancer, session: aiohttp.ClientSession
 ) -> None:
-    balancer = await balancer_factory(
-        [b.url for b in backends], "health_check: {interval: 1h}\n"
-    )
+    balancer = await balancer_factory([b.url for b in backends], "health_check: {interval: 1h}\n")
     await backends[1].stop()
     for _ in range(4):
         async with session.get(balancer.url + "/") as response:
@@ -94,7 +92,9 @@ async def test_backend_state_series_say_draining_while_healthy_says_the_checks(
 async def test_a_client_gone_mid_request_is_499_logged_and_never_a_backend_failure(
     backends: list[Backend], balancer_factory: StartBalancer, session: aiohttp.ClientSession
 ) -> None:
-    balancer = await balancer_factory([backends[0].url], "circuit_breaker: {failure_threshold: 1}\n")
+    balancer = await balancer_factory(
+        [backends[0].url], "circuit_breaker: {failure_threshold: 1}\n"
+    )
     for _ in range(2):
         reader, writer = await asyncio.open_connection(*balancer.host_port)
         writer.write(b"GET /slow?delay=3 HTTP/1.1\r\nHost: a\r\n\r\n")
@@ -163,7 +163,9 @@ async def test_the_balancers_own_answers_name_no_server(
     backends: list[Backend], balancer_factory: StartBalancer, session: aiohttp.ClientSession
 ) -> None:
     balancer = await balancer_factory([backends[0].url], "health_check: {interval: 1h}\n")
-    refused = await raw_exchange(balancer.host_port, b"GET / HTTP/1.1\r\nHost: a\r\nX: \x01\r\n\r\n")
+    refused = await raw_exchange(
+        balancer.host_port, b"GET / HTTP/1.1\r\nHost: a\r\nX: \x01\r\n\r\n"
+    )
     assert refused.status == 400 and refused.header("Server") == []
     async with session.get(balancer.url + "/") as response:  # the backend's own passes
         assert "aiohttp" in response.headers["Server"]

@@ -23,7 +23,9 @@ def config_file(balancer: Balancer) -> Path:
 
 def write(balancer: Balancer, backends: list[tuple[str, str, int]], extra: str = "") -> None:
     """The balancer's file, as `listen: 127.0.0.1:0` with these (name, url, weight)."""
-    lines = "".join(f"  - url: {url}\n    name: {name}\n    weight: {w}\n" for name, url, w in backends)
+    lines = "".join(
+        f"  - url: {url}\n    name: {name}\n    weight: {w}\n" for name, url, w in backends
+    )
     config_file(balancer).write_text(
         "listen: 127.0.0.1:0\nlog_level: debug\nadmin:\n  listen: 127.0.0.1:0\n"
         f"backends:\n{lines}{extra}"
@@ -280,9 +282,7 @@ async def test_watch_reloads_when_the_file_changes_and_keeps_serving_on_a_bad_ed
     await eventually(lambda: names_are(names, ["b0", "b1"]), timeout=10)
     # Saved by renaming a new file over the old one, as many editors do.
     replacement = config_file(balancer).with_suffix(".new")
-    replacement.write_text(
-        config_file(balancer).read_text() + "strategy: fastest\n"
-    )
+    replacement.write_text(config_file(balancer).read_text() + "strategy: fastest\n")
     replacement.replace(config_file(balancer))
     await eventually(lambda: "reload refused" in balancer.stderr(), timeout=10)
     assert await names() == ["b0", "b1"]
@@ -311,10 +311,14 @@ async def test_a_request_that_spans_a_reload_retries_on_the_pool_it_started_with
     dropper = await asyncio.start_server(drop_later, "127.0.0.1", 0)
     drop_url = f"http://127.0.0.1:{dropper.sockets[0].getsockname()[1]}"
     try:
-        balancer = await balancer_factory([drop_url, backends[0].url], "health_check: {interval: 1h}\n")
+        balancer = await balancer_factory(
+            [drop_url, backends[0].url], "health_check: {interval: 1h}\n"
+        )
         request = asyncio.ensure_future(session.get(balancer.url + "/spanning"))
         await asyncio.wait_for(arrived.wait(), 5)
-        write(balancer, [("b0", drop_url, 1), ("two", backends[1].url, 1), ("b1", backends[0].url, 1)])
+        write(
+            balancer, [("b0", drop_url, 1), ("two", backends[1].url, 1), ("b1", backends[0].url, 1)]
+        )
         assert (await reload(session, balancer))[0] == 200
         release.set()
         response = await request

@@ -76,7 +76,7 @@ async def stand_ins(tmp_path: Path) -> AsyncIterator[Callable[[int], Awaitable[F
 
 async def client_for(workers: list[Any], aiohttp_client: Any) -> tuple[Client, WorkerAdmin]:
     admin = WorkerAdmin(CONFIG, lambda: workers)
-    client: Client = await aiohttp_client(make_supervisor_app(admin))
+    client: Client = await aiohttp_client(make_supervisor_app(admin, admin.reload_all))
     return client, admin
 
 

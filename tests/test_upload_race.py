@@ -58,7 +58,9 @@ async def test_a_client_body_failure_is_the_answer_even_when_the_head_came_too()
 async def test_a_refused_write_after_an_early_answer_keeps_the_answer_but_not_the_connection() -> (
     None
 ):
-    raw = await start_raw_backend(b"HTTP/1.1 413 Too Large\r\nContent-Length: 0\r\n\r\n", close=False)
+    raw = await start_raw_backend(
+        b"HTTP/1.1 413 Too Large\r\nContent-Length: 0\r\n\r\n", close=False
+    )
     try:
         pool, conn = await _answered_connection(raw.url)
 
