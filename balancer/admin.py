@@ -15,6 +15,7 @@ from balancer.backend import Backend, Mode
 from balancer.control import Control
 from balancer.metrics import exposition, make_registry
 from balancer.peer_link import BadEvent, apply_events, parse_events
+from balancer.window import Sampler, local_snapshot
 
 log = logging.getLogger("balancer.admin")
 
@@ -181,9 +182,11 @@ def make_admin_app(
     *,
     clock: Callable[[], float] = time.monotonic,
     peer: bool = False,
+    sampler: Sampler | None = None,
 ) -> web.Application:
     """The admin API (SPEC §3). `peer`: a worker's app, on its private Unix socket, which also
-    takes the supervisor's health and breaker events (peer_link)."""
+    takes the supervisor's health and breaker events (peer_link) and gives it its counters
+    (`/totals`, which the supervisor's sampler sums)."""
     started = clock()
     registry = make_registry(control)
 
@@ -247,8 +250,20 @@ def make_admin_app(
         apply_events(control.registry.backends, events)
         return web.json_response({"applied": len(events)})
 
+    async def totals(request: web.Request) -> web.Response:
+        registry = control.registry
+        backends = (*registry.backends.values(), *registry.retiring)
+        snapshot = local_snapshot(backends, registry.unrouted)
+        return web.json_response({name: t.as_json() for name, t in snapshot.items()})
+
+    async def series(request: web.Request) -> web.Response:
+        return web.json_response(sampler.series() if sampler is not None else {})
+
     if peer:
         app.router.add_post("/peer/events", peer_events)
+        app.router.add_get("/totals", totals)
+    else:
+        app.router.add_get("/series", series)
     app.router.add_get("/", index)
     app.router.add_post("/reload", reload)
     app.router.add_route("*", "/backends/{name}/{action}", set_mode)

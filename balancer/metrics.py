@@ -19,9 +19,8 @@ from prometheus_client.registry import Collector
 
 from balancer.backend import DURATION_BUCKETS, STATE, RequestStats
 from balancer.control import Control
+from balancer.window import NO_BACKEND  # the label of requests answered without a backend
 
-# The `backend` label of requests answered without one (503: nothing routable).
-NO_BACKEND = "none"
 BREAKER_STATES = {"closed": 0, "half_open": 1, "open": 2}
 BACKEND_STATES = tuple(dict.fromkeys(STATE.values()))  # healthy, unhealthy, draining, disabled
 

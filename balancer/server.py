@@ -26,6 +26,7 @@ from balancer.peer_link import Event, SupervisorLink, apply_events
 from balancer.proxy import Proxy
 from balancer.registry import Registry
 from balancer.sticky.store import SessionStore
+from balancer.window import Sampler, Snapshot, local_snapshot
 
 log = logging.getLogger("balancer")
 
@@ -139,8 +140,15 @@ async def serve(
     front = FrontServer(proxy.handle, limits=config.limits, timeouts=config.timeouts, gate=gate)
     runner = web.ServerRunner(front, handle_signals=False, shutdown_timeout=config.shutdown_timeout)
     control.front, control.gate = front, gate
+    sampler = None
+    if joining is None:  # a worker's counters are sampled by its supervisor, summed
+
+        async def totals() -> Snapshot:
+            return local_snapshot(registry.backends.values(), registry.unrouted)
+
+        sampler = Sampler(totals)
     admin_runner = AdminRunner(  # the front's head deadline and limits (SPEC §4)
-        make_admin_app(control, peer=joining is not None),
+        make_admin_app(control, peer=joining is not None, sampler=sampler),
         limits=config.limits,
         timeouts=config.timeouts,
         handle_signals=False,
@@ -170,6 +178,8 @@ async def serve(
         _log_start(config, control.store, listeners)
         if health is not None:
             health.start()
+        if sampler is not None:
+            sampler.start()
         # What start-up made lives as long as the process: out of the collector's way, so its
         # collections (set off by the request path's allocations) scan only what is young.
         gc.freeze()
@@ -198,6 +208,8 @@ async def serve(
             log.warning("shutdown_timeout passed: cancelled %d request(s) still in flight", cut[0])
         if health is not None:
             await health.stop()
+        if sampler is not None:
+            await sampler.stop()
         if link is not None:
             await link.close()
         await admin_runner.cleanup()

@@ -38,6 +38,7 @@ from balancer.listener import bind
 from balancer.overrides import NO_OVERRIDES, CommandLine
 from balancer.shared_state import Peer, SharedState
 from balancer.supervisor_admin import ReloadAnswer, WorkerAdmin, make_supervisor_app
+from balancer.window import Sampler
 from balancer.worker import exited, listening, start_worker
 from balancer.worker_start import WorkerStart
 
@@ -124,8 +125,9 @@ class Supervisor:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.add_signal_handler(sig, self.events.put_nowait, sig)
+        sampler = Sampler(self.admin.totals)
         runner = AdminRunner(
-            make_supervisor_app(self.admin, self.reload),
+            make_supervisor_app(self.admin, self.reload, sampler=sampler),
             limits=self.config.limits,
             timeouts=self.config.timeouts,
             handle_signals=False,
@@ -148,6 +150,7 @@ class Supervisor:
                 raise StartupError(f"cannot listen on {admin} (admin): {exc.strerror}") from None
             log.info("starting %d workers", len(self.workers))
             shared.start()
+            sampler.start()
             for worker in self.workers:
                 await self._spawn(worker)
             await self._dispatch(runner)
@@ -156,6 +159,7 @@ class Supervisor:
                 loop.remove_signal_handler(sig)
             await self._kill_all()
             await shared.stop()
+            await sampler.stop()
             await self.admin.close()
             await runner.cleanup()
             await peer_runner.cleanup()

@@ -25,6 +25,7 @@ from balancer import __version__
 from balancer.admin import ENDPOINTS, MODES, json_errors, refuse_foreign_origins
 from balancer.admin_merge import merge_backend, merge_metrics, merge_status, requests_served
 from balancer.config import Config
+from balancer.window import Sampler, Snapshot, Totals, summed
 
 log = logging.getLogger("balancer.supervisor")
 
@@ -119,6 +120,21 @@ class WorkerAdmin:
             return 400, {"reloaded": False, "problems": problems, "workers": per_worker}
         return 200, {**views[0][1], "workers": per_worker}
 
+    async def totals(self) -> Snapshot:
+        """Every worker's counters, summed (for the sampler); a worker that does not answer or
+        answers garbage is left out of this sample."""
+        snapshots = []
+        for _, answer in await self.ask_all("GET", "/totals"):
+            body = _json(answer) if answer is not None and answer[0] == 200 else None
+            if isinstance(body, dict):
+                try:
+                    snapshots.append({n: Totals.from_json(t) for n, t in body.items()})
+                except (ValueError, TypeError):
+                    continue
+        if not snapshots:
+            raise RuntimeError("no worker answered")
+        return summed(snapshots)
+
     async def close(self) -> None:
         for session in self._sessions.values():
             await session.close()
@@ -156,6 +172,7 @@ def make_supervisor_app(
     reload_all: Callable[[], Awaitable[ReloadAnswer]],
     *,
     clock: Callable[[], float] = time.monotonic,
+    sampler: Sampler | None = None,
 ) -> web.Application:
     started = clock()
 
@@ -234,7 +251,11 @@ def make_supervisor_app(
 
     app = web.Application(middlewares=[refuse_foreign_origins, json_errors])
     app.on_response_prepare.append(_without_server_header)
+    async def series(request: web.Request) -> web.Response:
+        return web.json_response(sampler.series() if sampler is not None else {})
+
     app.router.add_post("/reload", reload)
+    app.router.add_get("/series", series)
     app.router.add_get("/", index)
     app.router.add_route("*", "/backends/{name}/{action}", set_mode)
     app.router.add_get("/status", get_status)
