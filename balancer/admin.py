@@ -8,9 +8,11 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from balancer import __version__
+from balancer.admin_auth import require_token
 from balancer.backend import Backend, Mode
 from balancer.control import Control
 from balancer.metrics import exposition, make_registry
@@ -235,7 +237,11 @@ def make_admin_app(
         return web.json_response(backend_status(backend))
 
     # The Origin check first: before anything else is looked at, a token included (SPEC §3).
-    app = web.Application(middlewares=[refuse_foreign_origins, json_errors])
+    # A worker's app (peer) is on a socket only its supervisor can reach: no token there.
+    middlewares: list[Middleware] = [refuse_foreign_origins, json_errors]
+    if not peer:
+        middlewares.insert(1, require_token(lambda: control.config.admin.token))
+    app = web.Application(middlewares=middlewares)
     app.on_response_prepare.append(_without_server_header)
 
     async def reload(request: web.Request) -> web.Response:

@@ -41,11 +41,6 @@ def _changed(section: Any, *names: str) -> bool:
 
 INACTIVE: tuple[Inactive, ...] = (
     Inactive(
-        "admin.token",
-        lambda config: bool(config.admin.token),
-        "admin calls are not checked for it: anyone who reaches admin.listen can use the API",
-    ),
-    Inactive(
         "cache",
         lambda config: _changed(config.cache),
         "nothing is cached: every request goes to a backend",

@@ -23,6 +23,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from balancer import __version__
 from balancer.admin import ENDPOINTS, MODES, json_errors, refuse_foreign_origins
+from balancer.admin_auth import require_token
 from balancer.admin_merge import merge_backend, merge_metrics, merge_status, requests_served
 from balancer.config import Config
 from balancer.window import Sampler, Snapshot, Totals, summed
@@ -58,10 +59,8 @@ class WorkerAdmin:
         if session is None:
             # force_close: a kept-alive connection to a worker that died is no use.
             connector = aiohttp.UnixConnector(path=path, force_close=True)
-            headers = {"Authorization": f"Bearer {self.config.admin.token}"}
             session = aiohttp.ClientSession(
                 connector=connector,
-                headers=headers if self.config.admin.token else None,
                 cookie_jar=aiohttp.DummyCookieJar(),  # nothing of one answer goes with the next
             )
             self._sessions[path] = session
@@ -249,7 +248,8 @@ def make_supervisor_app(
         status, body = await reload_all()
         return web.json_response(body, status=status)
 
-    app = web.Application(middlewares=[refuse_foreign_origins, json_errors])
+    token = require_token(lambda: admin.config.admin.token)
+    app = web.Application(middlewares=[refuse_foreign_origins, token, json_errors])
     app.on_response_prepare.append(_without_server_header)
     async def series(request: web.Request) -> web.Response:
         return web.json_response(sampler.series() if sampler is not None else {})
