@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from aiohttp import web
 
 from balancer.config import Config
-from balancer.front_admin import AdminRunner
+from balancer.http.admin_server import AdminRunner
 from balancer.listener import bind
 from balancer.supervisor_admin import WorkerAdmin, make_supervisor_app
 from balancer.worker import exited, listening, start_worker
