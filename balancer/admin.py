@@ -8,11 +8,10 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
-from aiohttp.typedefs import Middleware
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from balancer import __version__
-from balancer.admin_auth import require_token
+from balancer.admin_auth import Middleware, require_token
 from balancer.backend import Backend, Mode
 from balancer.control import Control
 from balancer.metrics import exposition, make_registry

@@ -13,13 +13,20 @@ import hmac
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from typing import Protocol
 
 from aiohttp import web
-from aiohttp.typedefs import Middleware
 
 log = logging.getLogger("balancer.admin")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class Middleware(Protocol):
+    """aiohttp's middleware shape (its own type is in a module that is not public API)."""
+
+    def __call__(self, request: web.Request, handler: Handler) -> Awaitable[web.StreamResponse]: ...
+
 
 OPEN_PATHS = frozenset({"/health/live", "/health/ready"})
 LOG_EVERY = 60.0  # seconds: refused calls are logged once in this, with how many

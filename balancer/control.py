@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from balancer.config import Config, ConfigError, Problem, load_config
-from balancer.front import FrontServer
 from balancer.health import HealthChecker, target_of
+from balancer.http.front import FrontServer
 from balancer.listener import ConnectionGate
 from balancer.proxy import Proxy
 from balancer.registry import Registry

@@ -3,7 +3,8 @@
 asyncio's and uvloop's servers accept whatever arrives and cannot be paused. At the cap, this
 accept loop stops accepting: new connections wait in the kernel's listen backlog (not accepted
 and dropped) while the process keeps serving those it has, and it accepts again below the cap.
-It runs as an aiohttp site, so the runner's graceful shutdown stops it like any other.
+It runs as an aiohttp site (balancer/http/site.py), so the runner's graceful shutdown stops it
+like any other.
 
 An accept that fails for lack of file descriptors, buffers or memory leaves the connection in
 the backlog: the loop backs off briefly and tries again, logging once per episode (asyncio's
@@ -16,8 +17,6 @@ import asyncio
 import logging
 import socket
 from collections.abc import Callable
-
-from aiohttp import web
 
 from balancer.errors import LOCAL_RESOURCE_ERRNOS
 
@@ -164,37 +163,6 @@ class AcceptLoop(asyncio.AbstractServer):
         elif callback is None and watched:
             self._loop.remove_reader(sock)
             self._watched.discard(sock)
-
-
-class CappedSite(web.BaseSite):
-    """An aiohttp site over listening sockets, served by an `AcceptLoop`: aiohttp's
-    `SockSite` with the cap. The runner's cleanup stops it as it stops any site (it closes
-    `_server`, the one attribute of BaseSite a subclass sets). Plain HTTP only: a TLS
-    handshake awaited in the accept loop would let one slow client stall accepting (hand it to
-    a task per connection first)."""
-
-    __slots__ = ("_gate", "_protocol_factory", "_sockets")
-
-    def __init__(
-        self, runner: web.BaseRunner, sockets: list[socket.socket], gate: ConnectionGate
-    ) -> None:
-        super().__init__(runner)  # it checks that the runner is set up
-        assert runner.server is not None
-        self._protocol_factory: Callable[[], asyncio.BaseProtocol] = runner.server
-        self._sockets = sockets
-        self._gate = gate
-
-    @property
-    def name(self) -> str:
-        host, port = self._sockets[0].getsockname()[:2]
-        return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
-
-    async def start(self) -> None:
-        await super().start()
-        for sock in self._sockets:
-            sock.setblocking(False)
-        loop = asyncio.get_running_loop()
-        self._server = AcceptLoop(loop, self._sockets, self._protocol_factory, self._gate)
 
 
 async def bind(host: str, port: int, *, backlog: int) -> list[socket.socket]:

@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 from aiohttp import web
 
-from balancer.front import client_address
+from balancer.http.front import client_address
 
 
 def key_getter(on: str, name: str | None) -> Callable[[web.BaseRequest], bytes | None]:

@@ -12,9 +12,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from aiohttp.helpers import rfc822_formatted_time
-
 from balancer.headers import HOP_BY_HOP, RawHeaders, connection_tokens, names_more_fields
+from balancer.http.date import http_date
 
 # The backend's framing is re-done; its load report is for the balancer, not the client.
 _DROP_FROM_RESPONSE = HOP_BY_HOP | {b"content-length", b"x-backend-load"}
@@ -117,7 +116,7 @@ def _serialise(
         parts += (name, b": ", value, b"\r\n")
     if not has_date:
         # RFC 9110 6.6.1: a recipient with a clock appends a missing Date when forwarding.
-        parts += (b"Date: ", rfc822_formatted_time().encode("latin-1"), b"\r\n")
+        parts += (b"Date: ", http_date().encode("latin-1"), b"\r\n")
     return parts
 
 

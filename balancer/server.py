@@ -18,10 +18,12 @@ from balancer.admin import MODES, make_admin_app
 from balancer.config import Address, Config
 from balancer.control import Control
 from balancer.fdlimit import raise_fd_limit
-from balancer.front import FrontServer
-from balancer.front_admin import AdminRunner
 from balancer.health import HealthChecker, LocalHealth, target_of
-from balancer.listener import CappedSite, ConnectionGate, bind
+from balancer.http.admin_server import AdminRunner
+from balancer.http.front import FrontServer
+from balancer.http.parser import uses_c_parser
+from balancer.http.site import CappedSite
+from balancer.listener import ConnectionGate, bind
 from balancer.peer_link import Event, SupervisorLink, apply_events
 from balancer.proxy import Proxy
 from balancer.registry import Registry
@@ -41,10 +43,7 @@ def check_parser() -> None:
     """Refuse to serve on aiohttp's pure-Python parser: it has had most of aiohttp's
     request-smuggling advisories (CVE-2023-47627, CVE-2024-52304), and aiohttp falls back to
     it silently when its C extension is missing or AIOHTTP_NO_EXTENSIONS is set."""
-    from aiohttp import web_protocol
-
-    parser = getattr(web_protocol, "HttpRequestParser")  # noqa: B009 (not re-exported)
-    if parser.__module__ != "aiohttp._http_parser":
+    if not uses_c_parser():
         raise StartupError(
             "aiohttp is using its pure-Python HTTP parser (C extension missing or "
             "AIOHTTP_NO_EXTENSIONS set); refusing to serve with it"

@@ -33,7 +33,7 @@ from aiohttp import web
 
 from balancer.config import Config
 from balancer.control import reread
-from balancer.front_admin import AdminRunner
+from balancer.http.admin_server import AdminRunner
 from balancer.listener import bind
 from balancer.overrides import NO_OVERRIDES, CommandLine
 from balancer.shared_state import Peer, SharedState

@@ -17,6 +17,7 @@ from aiohttp import web
 
 from balancer.backend import Attempt, Backend
 from balancer.errors import ClientGone
+from balancer.http.takeover import take_over
 from balancer.response import Sent, response_head
 from balancer.upstream import HIGH_WATER, ResponseHead, UpstreamConnection
 
@@ -46,7 +47,7 @@ class _Idle:
 
 
 class _ClientToBackend:
-    """Takes aiohttp's place as the client connection's payload parser: bytes go to the backend."""
+    """The client's bytes, once the tunnel took its connection over: to the backend."""
 
     def __init__(
         self,
@@ -61,20 +62,19 @@ class _ClientToBackend:
         self._idle = idle
         conn.on_drained = self._backend_drained
 
-    def feed_data(self, data: bytes) -> tuple[bool, bytes]:
+    def received(self, data: bytes) -> None:
         self._idle.touch()
         transport = self._conn.transport
         if transport is not None:
             transport.write(data)
             if self._conn.writing_paused and not self._client.is_closing():
                 self._client.pause_reading()  # until the backend drains
-        return False, b""
 
     def _backend_drained(self) -> None:
         if not self._client.is_closing():
             self._client.resume_reading()
 
-    def feed_eof(self) -> None:
+    def ended(self) -> None:
         if not self._closed.done():
             self._closed.set_result(None)
 
@@ -127,7 +127,8 @@ async def relay(
             closed.set_result(None)
 
     conn.start_tunnel(from_backend)
-    request.protocol.set_parser(_ClientToBackend(conn, client, closed, idle))  # type: ignore[arg-type]
+    to_backend = _ClientToBackend(conn, client, closed, idle)
+    take_over(request, to_backend.received, to_backend.ended)
     finish(attempt.backend, 101, attempt.started)
     try:
         await closed

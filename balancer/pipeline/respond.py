@@ -15,12 +15,12 @@ from collections.abc import Callable
 from http import HTTPStatus
 
 from aiohttp import HttpVersion, web
-from aiohttp.http_parser import RawRequestMessage
 
 from balancer.backend import Attempt, Backend
 from balancer.errors import BadRequest, ClientGone, ProxyError
-from balancer.front import OwnResponse
 from balancer.headers import content_length
+from balancer.http.front import OwnResponse
+from balancer.http.parser import RawRequestMessage
 from balancer.response import CHUNKED_END, Sent, chunk
 from balancer.response import response_head as response_head_bytes
 from balancer.runtime import Runtime

@@ -12,9 +12,9 @@ import asyncio
 import contextlib
 
 from aiohttp import HttpVersion, web
-from aiohttp.http_exceptions import HttpProcessingError
 
 from balancer.errors import BadRequest, ClientGone, ClientTimeout, ProxyError
+from balancer.http.parser import HttpProcessingError
 from balancer.runtime import Runtime
 from balancer.upstream import ResponseHead, UpstreamConnection
 

@@ -25,7 +25,7 @@ from http.cookies import CookieError, SimpleCookie
 from aiohttp import web
 
 from balancer.config import StickyConfig
-from balancer.front import client_address
+from balancer.http.front import client_address
 from balancer.sticky.signing import CookieSigner
 from balancer.sticky.store import SessionStore
 

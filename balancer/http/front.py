@@ -19,9 +19,9 @@ from aiohttp.http_parser import RawRequestMessage
 from aiohttp.streams import EMPTY_PAYLOAD
 from aiohttp.web_protocol import RequestHandler, _ErrInfo
 
-from balancer import front_mend
 from balancer.config import LimitsConfig, TimeoutsConfig
-from balancer.front_loop import LeanRequestHandler
+from balancer.http import mend
+from balancer.http.loop import LeanRequestHandler
 from balancer.listener import ConnectionGate
 
 log = logging.getLogger("balancer.front")
@@ -94,7 +94,7 @@ class FrontHandler(LeanRequestHandler):
         # The body of the newest parsed request; None when it has none (or none was parsed).
         self._last_payload: Any = None
         self._line_ended = True  # whether the refused head's request line was complete
-        # The body of a chunked request still arriving (its end needs front_mend's care).
+        # The body of a chunked request still arriving (its end needs mend.py's care).
         self._chunked_open: Any = None
         self._chunked_tail = b""  # its last bytes so far (the end may come split)
         self.client_ip = ""
@@ -210,13 +210,13 @@ class FrontHandler(LeanRequestHandler):
 
     def _chunked_ended(self, payload: Any, data: bytes, nothing_after: bool) -> None:
         """A chunked request's body ended in the read that `data` ends. Its trailer fields,
-        if any, are held by the parser for the next message (front_mend, 1): absorb them,
+        if any, are held by the parser for the next message (mend.py, 1): absorb them,
         or, when more bytes followed in the same read (parsed with the trailer already),
         answer this request and close (RFC 9112 9.3.2: the client retries what was not
         answered). A chunked body always ends with CRLF CRLF; if the read does not, bytes
         of something else came after it."""
         ended_here = nothing_after and data.endswith(b"\r\n\r\n")
-        if ended_here and front_mend.absorb_trailer(self._parser):
+        if ended_here and mend.absorb_trailer(self._parser):
             return
         log.info("closing a connection from %s after a chunked request", self.client_ip)
         self._close_after(payload)
@@ -237,7 +237,7 @@ class FrontHandler(LeanRequestHandler):
         """The read held a request with Connection: close and bytes after it: answer the
         requests up to it, ignore the rest (RFC 9112 9.6), instead of one 400."""
         parser = self._walk_parser()
-        found = front_mend.messages_until_close(parser, data)
+        found = mend.messages_until_close(parser, data)
         if not found:
             return  # aiohttp's 400 stands
         self._messages.pop()  # that 400
@@ -254,12 +254,12 @@ class FrontHandler(LeanRequestHandler):
 
     def _after_declined_upgrade(self, data: bytes, parsed: int) -> None:
         """llhttp dropped what followed an Upgrade aiohttp does not take (h2c): feed it."""
-        end = front_mend.end_of_messages(self._walk_parser(), data, parsed)
+        end = mend.end_of_messages(self._walk_parser(), data, parsed)
         if end is not None and end < len(data):
             self.data_received(data[end:])
 
     def _walk_parser(self) -> Any:
-        return front_mend.new_parser(
+        return mend.new_parser(
             self,
             self._read_bufsize,
             max_line_size=self.max_line_size,

@@ -2,8 +2,8 @@
 request-head deadline and limits as the proxy port (SPEC §4: "The admin port has the same
 deadline"). aiohttp's own RequestHandler has none: a slowloris held 1,000 admin connections.
 
-The aiohttp private names this needs (`Application._handle`, `_make_request`, the runner's
-`_make_server`) stay here, with the front's.
+The aiohttp private names this needs (`Application._handle`, `_make_request`, `_set_loop`,
+the runner's `_make_server`) are why it lives in balancer/http/, with the front's.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
 from balancer.config import LimitsConfig, TimeoutsConfig
-from balancer.front import HEAD_TOO_LARGE, REQUEST_TIMEOUT, FrontHandler, FrontServer
+from balancer.http.front import HEAD_TOO_LARGE, REQUEST_TIMEOUT, FrontHandler, FrontServer
 
 
 def _json_answer(status: int, reason: str, message: str) -> bytes:
