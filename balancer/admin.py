@@ -189,7 +189,7 @@ def make_admin_app(
     takes the supervisor's health and breaker events (peer_link) and gives it its counters
     (`/totals`, which the supervisor's sampler sums)."""
     started = clock()
-    registry = make_registry(control)
+    registry = make_registry(control, peer=peer)
 
     async def get_status(request: web.Request) -> web.Response:
         return web.json_response(status(control, clock() - started))

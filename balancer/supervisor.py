@@ -30,11 +30,13 @@ import time
 from dataclasses import dataclass, field
 
 from aiohttp import web
+from prometheus_client.core import Metric
 
 from balancer.config import Config
 from balancer.control import reread
 from balancer.http.admin_server import AdminRunner
 from balancer.listener import bind
+from balancer.metrics import health_families, reload_family
 from balancer.overrides import NO_OVERRIDES, CommandLine
 from balancer.shared_state import Peer, SharedState
 from balancer.supervisor_admin import ReloadAnswer, WorkerAdmin, make_supervisor_app
@@ -115,6 +117,7 @@ class Supervisor:
         self.peer_path = os.path.join(self.directory, "supervisor.sock")
         self.shared: SharedState | None = None
         self._reload_lock = asyncio.Lock()
+        self.reloads_ok = self.reloads_failed = 0
         self.sockets: list[socket.socket] = []
         self.announced = False
         self.stopping = False
@@ -127,7 +130,15 @@ class Supervisor:
             loop.add_signal_handler(sig, self.events.put_nowait, sig)
         sampler = Sampler(self.admin.totals)
         runner = AdminRunner(
-            make_supervisor_app(self.admin, self.reload, sampler=sampler),
+            make_supervisor_app(
+                self.admin,
+                self.reload,
+                sampler=sampler,
+                own_metrics=self._own_metrics,
+                own_status=lambda: {
+                    "reloads": {"ok": self.reloads_ok, "failed": self.reloads_failed}
+                },
+            ),
             limits=self.config.limits,
             timeouts=self.config.timeouts,
             handle_signals=False,
@@ -335,6 +346,13 @@ class Supervisor:
                     await asyncio.wait_for(process.wait(), 5)
                 log.error("worker %d (pid %d) killed", worker.index, process.pid)
 
+    def _own_metrics(self) -> list[Metric]:
+        """What the supervisor exports for the whole balancer: its reloads, its probes."""
+        families = [reload_family(self.reloads_ok, self.reloads_failed)]
+        if self.shared is not None:
+            families += health_families(self.shared.checker)
+        return families
+
     async def _send(self, peer: Peer, body: bytes) -> bool:
         """Shared state to one worker (its peer events route); False if it did not take it."""
         worker = self.workers[peer.index]
@@ -354,9 +372,13 @@ class Supervisor:
                 return 400, {"reloaded": False, "problems": list(problems)}
             config, problems = await reread(self.path, self.overrides, self.config)
             if config is None:
+                self.reloads_failed += 1
                 return 400, {"reloaded": False, "problems": list(problems)}
             status, body = await self.admin.reload_all()
-            if status == 200:
+            if status != 200:
+                self.reloads_failed += 1
+            else:
+                self.reloads_ok += 1
                 self.config = config
                 self.admin.config = config
                 assert self.shared is not None
