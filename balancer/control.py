@@ -106,8 +106,11 @@ class Control:
         overrides: Overrides,
         registry: Registry,
         proxy: Proxy | None = None,
+        quiet: bool = False,
     ) -> None:
         self.config = config
+        # A worker's: its supervisor logs each reload once for the whole balancer.
+        self._reloaded_level = logging.DEBUG if quiet else logging.INFO
         self.path = path
         self._watched = os.path.abspath(path) if path is not None else ""
         self.overrides = overrides
@@ -172,7 +175,7 @@ class Control:
         if outcome.ok:
             self.reloads_ok += 1
             assert outcome.plan is not None
-            log.info("reloaded %s: %s", self.path, outcome.plan.summary())
+            log.log(self._reloaded_level, "reloaded %s: %s", self.path, outcome.plan.summary())
         else:
             self.reloads_failed += 1
             log.warning(

@@ -27,7 +27,6 @@ from balancer.listener import ConnectionGate, bind
 from balancer.peer_link import Event, SupervisorLink, apply_events
 from balancer.proxy import Proxy
 from balancer.registry import Registry
-from balancer.sticky.store import SessionStore
 from balancer.window import Sampler, Snapshot, local_snapshot
 
 log = logging.getLogger("balancer")
@@ -129,7 +128,9 @@ async def serve(
     loop = asyncio.get_running_loop()
     link = None if joining is None else SupervisorLink(joining.supervisor_path, joining.index)
     registry = Registry(loop, on_breaker=None if link is None else link.breaker_changed)
-    control = Control(config, path=config_path, overrides=overrides, registry=registry)
+    control = Control(
+        config, path=config_path, overrides=overrides, registry=registry, quiet=joining is not None
+    )
     runtime = await control.first()
     if joining is not None:
         _join(control, joining)
@@ -174,7 +175,8 @@ async def serve(
         for backend in runtime.pool.backends:
             announce(f"backend {backend.name} {backend.url} weight {backend.weight}")
         sys.stdout.flush()
-        _log_start(config, control.store, listeners)
+        quiet = logging.DEBUG if joining is not None else logging.INFO
+        log_start(config, control.store.kind, listeners, level=quiet)
         if health is not None:
             health.start()
         if sampler is not None:
@@ -218,12 +220,20 @@ async def serve(
     return 1 if interrupted else 0
 
 
-def _log_start(config: Config, store: SessionStore, listeners: list[tuple[str, str]]) -> None:
-    """One block on stderr, in the log format: what this process serves and how."""
+def log_start(
+    config: Config,
+    store_kind: str,
+    listeners: list[tuple[str, str]],
+    *,
+    level: int = logging.INFO,
+) -> None:
+    """One block on stderr, in the log format: what the balancer serves and how (a worker's
+    at DEBUG: its supervisor logs the one block of the whole balancer)."""
     sticky = config.sticky.mode
     if sticky != "off":
-        sticky += f" (store {store.kind})"
-    log.info(
+        sticky += f" (store {store_kind})"
+    log.log(
+        level,
         "balancer %s: strategy %s, sticky %s, workers %d, log level %s",
         __version__,
         config.strategy,
@@ -232,10 +242,12 @@ def _log_start(config: Config, store: SessionStore, listeners: list[tuple[str, s
         config.log_level.lower(),
     )
     for what, url in listeners:
-        log.info("%s listening on %s", what, url)
+        log.log(level, "%s listening on %s", what, url)
     for backend in config.backends:
         extra = " (backup)" if backend.backup else ""
-        log.info("backend %s %s weight %d%s", backend.name, backend.url, backend.weight, extra)
+        log.log(
+            level, "backend %s %s weight %d%s", backend.name, backend.url, backend.weight, extra
+        )
 
 
 def in_flight(control: Control) -> int:

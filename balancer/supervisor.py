@@ -38,6 +38,7 @@ from balancer.http.admin_server import AdminRunner
 from balancer.listener import bind
 from balancer.metrics import health_families, reload_family
 from balancer.overrides import NO_OVERRIDES, CommandLine
+from balancer.server import log_start
 from balancer.shared_state import Peer, SharedState
 from balancer.supervisor_admin import ReloadAnswer, WorkerAdmin, make_supervisor_app
 from balancer.window import Sampler
@@ -373,12 +374,18 @@ class Supervisor:
             config, problems = await reread(self.path, self.overrides, self.config)
             if config is None:
                 self.reloads_failed += 1
+                log.warning(
+                    "reload refused, the old config keeps serving:\n  %s", "\n  ".join(problems)
+                )
                 return 400, {"reloaded": False, "problems": list(problems)}
             status, body = await self.admin.reload_all()
             if status != 200:
                 self.reloads_failed += 1
+                refusal = body.get("problems") or [body.get("error", "")]
+                log.warning("reload refused by a worker:\n  %s", "\n  ".join(map(str, refusal)))
             else:
                 self.reloads_ok += 1
+                log.info("reloaded %s in every worker: %s", self.path, body.get("backends"))
                 self.config = config
                 self.admin.config = config
                 assert self.shared is not None
@@ -386,14 +393,7 @@ class Supervisor:
             return status, body
 
     async def _reload_logged(self) -> None:
-        status, body = await self.reload()
-        if status == 200:
-            log.info("reloaded %s in every worker", self.path)
-        else:
-            problems = body.get("problems") or [body.get("error", "")]
-            log.warning(
-                "reload refused, the old config keeps serving:\n  %s", "\n  ".join(problems)
-            )
+        await self.reload()
 
     def _announce(self, runner: web.BaseRunner) -> None:
         """The lines one process prints, once, for the whole balancer."""
@@ -404,12 +404,11 @@ class Supervisor:
         for backend in self.config.backends:
             print(f"backend {backend.name} {backend.url} weight {backend.weight}")
         sys.stdout.flush()
-        log.info(
-            "%d workers serving %s, admin on %s",
-            len(self.workers),
-            ", ".join(_url(sock.getsockname()) for sock in self.sockets),
-            ", ".join(_url(address) for address in runner.addresses),
-        )
+        listeners = [("proxy", _url(sock.getsockname())) for sock in self.sockets]
+        listeners += [("admin", _url(address)) for address in runner.addresses]
+        store = "redis" if self.config.redis.url else "memory"
+        log_start(self.config, store, listeners)
+        log.info("%d workers serving", len(self.workers))
 
 
 def supervise(
