@@ -69,6 +69,7 @@ class Proxy:
         self._record = self._finish  # bound once: the stages call it on every request
         # Decided once: no per-request cost when debug logging is off.
         self.debug = log.isEnabledFor(logging.DEBUG)
+        self._valid_host = ""  # the Host of the last request that passed valid_host
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse | Sent:
         started = self.clock()
@@ -84,10 +85,15 @@ class Proxy:
                 target = origin_form(target, raw_headers)
             framing = request_body_framing(message.version, raw_headers, rt.max_body)
             headers = message.headers
-            websocket = _websocket_upgrade(headers)
+            upgrade = headers.get("Upgrade")  # rare: the call only then
+            websocket = _websocket_upgrade(upgrade, headers) if upgrade is not None else None
             host = headers.get("Host")
-            if host and not valid_host(host):
-                raise BadRequest(f"invalid Host {host[:100]!r}")
+            # Most requests repeat the last valid Host: an equal str is cheaper than the
+            # call and the dict lookup (a hash of a fresh str) valid_host would cost.
+            if host and host != self._valid_host:
+                if not valid_host(host):
+                    raise BadRequest(f"invalid Host {host[:100]!r}")
+                self._valid_host = host
         except BadRequest as exc:
             return answer_error(self._record, rt, exc, None, started, close=True)
         pool = rt.pool
@@ -275,10 +281,9 @@ class Proxy:
         stats.record(status, self.clock() - started)
 
 
-def _websocket_upgrade(headers: CIMultiDictProxy[str]) -> bytes | None:
+def _websocket_upgrade(upgrade: str, headers: CIMultiDictProxy[str]) -> bytes | None:
     """The Upgrade value when the request asks for a WebSocket (the only one tunnelled)."""
-    upgrade = headers.get("Upgrade")
-    if upgrade is None or upgrade.lower() != "websocket":
+    if upgrade.lower() != "websocket":
         return None
     connection = headers.get("Connection", "")
     if "upgrade" not in connection.lower():
