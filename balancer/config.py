@@ -23,6 +23,7 @@ from balancer.config_checks import (
 from balancer.config_sections import (
     KB,
     MB,
+    AccessLogConfig,
     AdaptiveWeights,
     AdminConfig,
     BackendConfig,
@@ -57,6 +58,7 @@ __all__ = [
     "SEVERAL_WORKERS_STICKY",
     "STICKY_MODES",
     "STRATEGY_NAMES",
+    "AccessLogConfig",
     "AdaptiveWeights",
     "Address",
     "AdminConfig",

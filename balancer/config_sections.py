@@ -176,6 +176,18 @@ class CompressionConfig:
     )
 
 
+ACCESS_LOG_FORMATS = ("off", "text", "json")
+
+
+@dataclass(frozen=True, slots=True)
+class AccessLogConfig:
+    format: str = field(
+        default="off",
+        metadata=_text_rule(checks.choice("access log format", ACCESS_LOG_FORMATS, "format")),
+    )
+    path: str = field(default="-", metadata=_text_rule(checks.log_path))
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Config:
     backends: tuple[BackendConfig, ...] = field(metadata=_walked())  # a list of mappings
@@ -205,6 +217,7 @@ class Config:
     slow_start: float = field(default=0.0, metadata=_rule(checks.DURATION))
     cache: CacheConfig = field(default_factory=CacheConfig)
     compression: CompressionConfig = field(default_factory=CompressionConfig)
+    access_log: AccessLogConfig = field(default_factory=AccessLogConfig)
     source: str = "<string>"  # the file it was read from
     # Where the file sets each key (key path -> line), for the warnings that point at one.
     lines: Mapping[str, int] = field(default_factory=dict, compare=False, repr=False)

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from balancer.access_log import AccessLog
 from balancer.config import Config, ConfigError, Problem, load_config
 from balancer.health import HealthChecker, target_of
 from balancer.http.front import FrontServer
@@ -121,6 +122,7 @@ class Control:
         self.front: FrontServer | None = None
         self.gate: ConnectionGate | None = None
         self.health: HealthChecker | None = None
+        self.access: AccessLog | None = None
         self.runtime: Runtime | None = None
         self._lock = asyncio.Lock()  # one reload at a time
         self.reloads_ok = 0
@@ -216,12 +218,32 @@ class Control:
             self.gate.set_cap(config.limits.max_connections)
         if self.health is not None:
             self.health.sync(map(target_of, runtime.pool.backends), config.health_check)
+        if self.access is not None:
+            self._access_log(config)
         _set_log_level(config.log_level)
         if self.proxy is not None:
             self.proxy.debug = logging.getLogger("balancer.proxy").isEnabledFor(logging.DEBUG)
         if old_store is not None:
             await old_store.close()
         return Outcome(True, plan=plan)
+
+    def _access_log(self, config: Config) -> None:
+        """A reload's access_log: format and path; the file is reopened (as on SIGUSR1), and
+        the front serves with or without the logging handler from the next request on."""
+        access = self.access
+        assert access is not None
+        access.configure(config.access_log.format, config.access_log.path)
+        if self.proxy is not None:
+            self.proxy.access = access if access.on else None
+            if self.front is not None:
+                proxy = self.proxy
+                self.front.set_request_handler(proxy.handle_logged if access.on else proxy.handle)
+
+    def reopen_logs(self) -> None:
+        """SIGUSR1: reopen the access log's file (log rotation)."""
+        if self.access is not None:
+            log.info("SIGUSR1: reopening the access log %s", self.access.path)
+            self.access.reopen()
 
 
 def _set_log_level(level: str) -> None:

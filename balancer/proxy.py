@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 from balancer import tunnel
+from balancer.access_log import AccessLog, Entry
 from balancer.backend import Backend, RequestStats
 from balancer.errors import (
     BadBackendResponse,
@@ -52,6 +53,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("balancer.proxy")
 
+# The request's route (the backends tried, the sticky plan), kept on the request for the
+# access log while it is on (handle_logged).
+ROUTE = "balancer.route"
+NO_ROUTE: tuple[list[Backend], StickyPlan | None] = ([], None)
+
 
 class Proxy:
     """The request path over the current Runtime (runtime.py), read once per request."""
@@ -67,6 +73,7 @@ class Proxy:
         self.unrouted = unrouted  # requests answered without a backend, whatever the Runtime
         self.clock = clock
         self._record = self._finish  # bound once: the stages call it on every request
+        self.access: AccessLog | None = None  # on: FrontServer serves with handle_logged
         # Decided once: no per-request cost when debug logging is off.
         self.debug = log.isEnabledFor(logging.DEBUG)
         self._valid_host = ""  # the Host of the last request that passed valid_host
@@ -106,6 +113,8 @@ class Proxy:
         key = rt.request_key(request) if rt.request_key is not None else None
         plan = await sticky_plan(rt, request) if sticky is not None else None
         tried: list[Backend] = []
+        if self.access is not None:
+            request[ROUTE] = (tried, plan)
         last_error: ProxyError | None = None
         retrying = False
         try:
@@ -268,6 +277,39 @@ class Proxy:
             conn.finish()
             return sent
 
+    async def handle_logged(self, request: web.BaseRequest) -> web.StreamResponse | Sent:
+        """`handle`, and one access log line (SPEC §6) once the answer went out."""
+        wall, began = time.time(), self.clock()
+        status, body_bytes = 499, 0  # unless an answer comes back: the client went away
+        try:
+            answer = await self.handle(request)
+            status = answer.status
+            if isinstance(answer, Sent):
+                body_bytes = answer.body_bytes
+            elif isinstance(body := getattr(answer, "body", None), bytes):
+                body_bytes = len(body)
+            return answer
+        finally:
+            access = self.access
+            if access is not None:
+                tried, plan = request.get(ROUTE, NO_ROUTE)
+                message = parsed_message(request)
+                access.entry(
+                    Entry(
+                        wall,
+                        client_address(request) or "-",
+                        message.method,
+                        message.path,
+                        status,
+                        body_bytes,
+                        self.clock() - began,
+                        tried[-1].name if tried else "-",
+                        len(tried),
+                        "-",
+                        sticky_outcome(plan, tried),
+                    )
+                )
+
     def _client_gone(
         self, method: str, path: str, backend: Backend, started: float, why: str
     ) -> None:
@@ -279,6 +321,16 @@ class Proxy:
     def _finish(self, backend: Backend | None, status: int, started: float) -> None:
         stats = backend.requests if backend is not None else self.unrouted
         stats.record(status, self.clock() - started)
+
+
+def sticky_outcome(plan: StickyPlan | None, tried: list[Backend]) -> str:
+    """The access log's `sticky`: `-` (off or no key), `hit` (served by its pin), `repin` (its
+    pin could not take it), `new` (no pin yet: the strategy picked and it is remembered)."""
+    if plan is None or not tried:
+        return "-"
+    if plan.pinned is None:
+        return "new" if plan.key is not None or plan.cookie is not None else "-"
+    return "hit" if tried[-1] is plan.pinned else "repin"
 
 
 def _websocket_upgrade(upgrade: str, headers: CIMultiDictProxy[str]) -> bytes | None:

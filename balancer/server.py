@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from aiohttp import web
 
 from balancer import __version__
+from balancer.access_log import AccessLog
 from balancer.admin import MODES, make_admin_app
 from balancer.config import Address, Config
 from balancer.control import Control
@@ -137,7 +138,17 @@ async def serve(
     proxy = Proxy(runtime, registry.unrouted)
     control.proxy = proxy
     gate = ConnectionGate(config.limits.max_connections)
-    front = FrontServer(proxy.handle, limits=config.limits, timeouts=config.timeouts, gate=gate)
+    access = AccessLog(config.access_log.format, config.access_log.path)
+    try:
+        access.open()  # before serving: a log that cannot be written is the start's error
+    except OSError as exc:
+        raise StartupError(
+            f"cannot open the access log {config.access_log.path}: {exc.strerror}"
+        ) from None
+    control.access = access
+    proxy.access = access if access.on else None
+    handler = proxy.handle_logged if access.on else proxy.handle
+    front = FrontServer(handler, limits=config.limits, timeouts=config.timeouts, gate=gate)
     runner = web.ServerRunner(front, handle_signals=False, shutdown_timeout=config.shutdown_timeout)
     control.front, control.gate = front, gate
     sampler = None
@@ -181,6 +192,7 @@ async def serve(
             health.start()
         if sampler is not None:
             sampler.start()
+        access.start()
         # What start-up made lives as long as the process: out of the collector's way, so its
         # collections (set off by the request path's allocations) scan only what is young.
         gc.freeze()
@@ -215,6 +227,7 @@ async def serve(
             await link.close()
         await admin_runner.cleanup()
         await control.store.close()
+        await access.close()  # what the last requests logged, written
         registry.close()
     log.info("stopped")
     return 1 if interrupted else 0
@@ -277,7 +290,7 @@ async def _drain(
         return True
     finally:
         signalled.cancel()
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1):
             loop.remove_signal_handler(sig)
 
 
@@ -295,6 +308,7 @@ async def _wait_for_stop(loop: asyncio.AbstractEventLoop, control: Control) -> N
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     loop.add_signal_handler(signal.SIGHUP, reload)
+    loop.add_signal_handler(signal.SIGUSR1, control.reopen_logs)  # after a log rotation
     try:
         await stop.wait()
     finally:

@@ -127,7 +127,7 @@ class Supervisor:
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1):
             loop.add_signal_handler(sig, self.events.put_nowait, sig)
         sampler = Sampler(self.admin.totals)
         runner = AdminRunner(
@@ -167,7 +167,7 @@ class Supervisor:
                 await self._spawn(worker)
             await self._dispatch(runner)
         finally:
-            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1):
                 loop.remove_signal_handler(sig)
             await self._kill_all()
             await shared.stop()
@@ -202,6 +202,10 @@ class Supervisor:
                 await self._kill_all()
 
     def _on_signal(self, sig: signal.Signals) -> None:
+        if sig == signal.SIGUSR1:
+            log.info("SIGUSR1: passing it on (each worker reopens its access log)")
+            self._send_all(signal.SIGUSR1)
+            return
         if sig == signal.SIGHUP:
             if self.stopping:
                 log.info("SIGHUP while stopping: ignored")

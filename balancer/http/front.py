@@ -386,6 +386,14 @@ class FrontServer(web.Server):
             keepalive_timeout=timeouts.client_idle,
         )
 
+    def set_request_handler(self, handler: Any) -> None:
+        """Serve every request from now on with `handler`, on the connections open now too
+        (a reload that turns the access log on or off: each connection reads its handler per
+        request, balancer/http/loop.py)."""
+        self.request_handler = handler
+        for connection in self.connections:
+            connection._request_handler = handler
+
     def cut_all(self) -> None:
         """A second SIGTERM/SIGINT while draining: cancel every request still in flight."""
         for handler in self.connections:

@@ -64,7 +64,7 @@ def respond_now(
     else:
         transport.write(head)
     record(backend, status, started)
-    return Sent(status, keep_alive)
+    return Sent(status, keep_alive, len(body) if body is not None else 0)
 
 
 async def stream(
@@ -107,10 +107,12 @@ async def stream(
         )
     )
     writer = request.writer
+    sent = 0
     try:
         while data := await conn.read_chunk():
             if transport.is_closing():
                 raise ClientGone()
+            sent += len(data)
             if chunked:
                 transport.writelines(chunk(data))
             else:
@@ -144,7 +146,7 @@ async def stream(
         if chunked:
             transport.write(CHUNKED_END)
     record(backend, status, started)
-    return Sent(status, keep_alive)
+    return Sent(status, keep_alive, sent)
 
 
 def answer_error(
