@@ -25,7 +25,7 @@ from balancer.listener import ConnectionGate
 from balancer.proxy import Proxy
 from balancer.registry import Registry
 from balancer.runtime import Plan, Runtime, build
-from balancer.sticky import Sticky
+from balancer.sticky import Sticky, StickyCounts
 from balancer.sticky.redis_store import RedisStore
 from balancer.sticky.signing import CookieSigner, make_signer
 from balancer.sticky.store import MemoryStore, SessionStore
@@ -123,6 +123,7 @@ class Control:
         self.gate: ConnectionGate | None = None
         self.health: HealthChecker | None = None
         self.access: AccessLog | None = None
+        self.sticky_counts = StickyCounts()  # across reloads and store changes
         self.runtime: Runtime | None = None
         self._lock = asyncio.Lock()  # one reload at a time
         self.reloads_ok = 0
@@ -145,7 +146,7 @@ class Control:
             if self._signer is None or self.config.sticky.secret != config.sticky.secret:
                 self._signer = await make_signer(config.sticky.secret, self.store)
             signer = self._signer
-        return Sticky(config.sticky, self.store, signer)
+        return Sticky(config.sticky, self.store, signer, self.sticky_counts)
 
     async def watch(self, stop: asyncio.Event) -> None:
         """`watch: true`: reload whenever the file changes, until `stop` (or `watch` turns

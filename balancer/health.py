@@ -13,16 +13,16 @@ own resources (LocalResourceError: no fd for the socket) is skipped, neither pas
 from __future__ import annotations
 
 import asyncio
-import bisect
 import logging
 import random
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
-from balancer.backend import DURATION_BUCKETS, Backend, Health
+from balancer.backend import Backend, Health
 from balancer.config import HealthCheckConfig
 from balancer.errors import LocalResourceError, ProxyError
+from balancer.histogram import Histogram
 from balancer.load import parse_load
 from balancer.upstream_pool import UpstreamPool
 
@@ -98,21 +98,17 @@ async def probe(pool: UpstreamPool, path: str, deadline: float) -> ProbeResult:
 class ProbeStats:
     """One backend's probes since start, for /metrics: results and a duration histogram."""
 
-    __slots__ = ("buckets", "count", "results", "total_seconds")
+    __slots__ = ("durations", "results")
 
     def __init__(self) -> None:
         self.results = {"pass": 0, "fail": 0, "skipped": 0}
-        self.buckets = [0] * (len(DURATION_BUCKETS) + 1)
-        self.total_seconds = 0.0
-        self.count = 0
+        self.durations = Histogram()
 
     def record(self, result: ProbeResult, seconds: float) -> None:
         outcome = "skipped" if result.skipped else "pass" if result.passed else "fail"
         self.results[outcome] += 1
         if not result.skipped:
-            self.buckets[bisect.bisect_left(DURATION_BUCKETS, seconds)] += 1
-            self.total_seconds += seconds
-            self.count += 1
+            self.durations.record(seconds)
 
 
 @dataclass(frozen=True, slots=True)

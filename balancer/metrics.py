@@ -20,6 +20,7 @@ from prometheus_client.registry import Collector
 from balancer.backend import DURATION_BUCKETS, STATE, RequestStats
 from balancer.control import Control
 from balancer.health import HealthChecker
+from balancer.sticky.redis_store import RedisStore
 from balancer.window import NO_BACKEND  # the label of requests answered without a backend
 
 BREAKER_STATES = {"closed": 0, "half_open": 1, "open": 2}
@@ -54,9 +55,35 @@ def health_families(checker: HealthChecker) -> list[Metric]:
     for name, stats in sorted(checker.stats.items()):
         for result, count in stats.results.items():
             results.add_metric([name, result], count)
-        if stats.count:
-            histogram(durations, [name], stats.buckets, stats.total_seconds)
+        if stats.durations.count:
+            histogram(durations, [name], stats.durations.buckets, stats.durations.total_seconds)
     return [results, durations]
+
+
+def sticky_families(control: Control) -> list[Metric]:
+    """Sticky lookups by outcome; with Redis its call latency and errors."""
+    counts = control.sticky_counts
+    lookups = CounterMetricFamily(
+        "balancer_sticky_lookups",
+        "Sticky lookups: hit (pinned), miss (unknown key), repin (pin cannot take it), new",
+        labels=["result"],
+    )
+    for result in ("hit", "miss", "repin", "new"):
+        lookups.add_metric([result], getattr(counts, result))
+    families: list[Metric] = [lookups]
+    store = control.store
+    if isinstance(store, RedisStore):
+        calls = HistogramMetricFamily(
+            "balancer_sticky_store_call_duration_seconds",
+            "Time of the request path's Redis calls (get, set), failed ones included",
+        )
+        histogram(calls, [], store.calls.buckets, store.calls.total_seconds)
+        errors = CounterMetricFamily(
+            "balancer_sticky_store_errors", "Redis calls that failed or timed out"
+        )
+        errors.add_metric([], store.errors_total)
+        families += [calls, errors]
+    return families
 
 
 def reload_family(ok: int, failed: int) -> Metric:
@@ -129,6 +156,21 @@ class PoolCollector(Collector):
             "Moving average of the time to the response head",
             labels=["backend"],
         )
+        request_bytes = CounterMetricFamily(
+            "balancer_backend_request_bytes",
+            "Request body bytes sent to the backend",
+            labels=["backend"],
+        )
+        response_bytes = CounterMetricFamily(
+            "balancer_backend_response_bytes",
+            "Response body bytes of the backend's answers sent to clients",
+            labels=["backend"],
+        )
+        retries = CounterMetricFamily(
+            "balancer_retries",
+            "Requests retried on another backend after this one failed, by why it failed",
+            labels=["backend", "reason"],
+        )
         transitions = CounterMetricFamily(
             "balancer_circuit_breaker_transitions",
             "Breaker transitions by the state entered (those that happened in this process)",
@@ -147,6 +189,10 @@ class PoolCollector(Collector):
             attempts.add_metric([name], backend.attempts_total)
             failures.add_metric([name], backend.failures_total)
             latency.add_metric([name], backend.latency_ewma)
+            request_bytes.add_metric([name], backend.bytes_in)
+            response_bytes.add_metric([name], backend.bytes_out)
+            for reason, count in sorted(backend.retries.items()):
+                retries.add_metric([name, reason], count)
             if backend.breaker is not None:
                 for to, count in backend.breaker.transitions.items():
                     transitions.add_metric([name, to], count)
@@ -161,6 +207,8 @@ class PoolCollector(Collector):
         queued.add_metric([], pool.queued)
         yield from (requests, durations, healthy, in_flight, breaker, attempts, failures, latency)
         yield from (states, routable, sticky, queued, transitions)
+        yield from (request_bytes, response_bytes, retries)
+        yield from sticky_families(control)
         connections = GaugeMetricFamily(
             "balancer_client_connections", "Client connections open now (proxy port)"
         )

@@ -172,6 +172,8 @@ class Proxy:
                     if not retrying:
                         retrying = True
                         rt.retry_budget.in_flight += 1
+                    retries = backend.retries
+                    retries[exc.reason] = retries.get(exc.reason, 0) + 1
                     log.info(
                         "retrying %s %s after %s: %s", method, request.raw_path, backend.name, exc
                     )
@@ -194,7 +196,7 @@ class Proxy:
         with backend.attempt() as attempt:
             upstream = backend.upstream
             conn = upstream.take_idle() or await upstream.connect()
-            upload: asyncio.Task[None] | None = None
+            upload: asyncio.Task[int] | None = None
             try:
                 conn.send_head(head, message.method, body=framing is not None)
                 if framing is None:
@@ -273,7 +275,7 @@ class Proxy:
                     if not upload.done():
                         upload.cancel()
                     with contextlib.suppress(BaseException):
-                        await upload
+                        backend.bytes_in += await upload
             conn.finish()
             return sent
 
@@ -294,19 +296,23 @@ class Proxy:
             if access is not None:
                 tried, plan = request.get(ROUTE, NO_ROUTE)
                 message = parsed_message(request)
+                # tuple.__new__: a NamedTuple's own __new__ is a Python call.
                 access.entry(
-                    Entry(
-                        wall,
-                        client_address(request) or "-",
-                        message.method,
-                        message.path,
-                        status,
-                        body_bytes,
-                        self.clock() - began,
-                        tried[-1].name if tried else "-",
-                        len(tried),
-                        "-",
-                        sticky_outcome(plan, tried),
+                    tuple.__new__(
+                        Entry,
+                        (
+                            wall,
+                            client_address(request) or "-",
+                            message.method,
+                            message.path,
+                            status,
+                            body_bytes,
+                            self.clock() - began,
+                            tried[-1].name if tried else "-",
+                            len(tried),
+                            "-",
+                            sticky_outcome(plan, tried),
+                        ),
                     )
                 )
 

@@ -11,7 +11,7 @@ import aiohttp
 import pytest
 
 from conftest import StartBalancer
-from support import Backend, Balancer, eventually, fresh_get
+from support import Backend, Balancer, RedisServer, eventually, fresh_get
 
 WORKERS = "workers: 2\n"
 
@@ -95,3 +95,40 @@ async def test_client_connections_go_back_down(
         return values["balancer_client_connections"] == 0
 
     await eventually(none_open)
+
+
+async def test_bytes_and_retries_by_reason(
+    backends: list[Backend], balancer_factory: StartBalancer
+) -> None:
+    dead = "http://127.0.0.1:9"  # connect refused: every request that picks it is retried
+    balancer = await balancer_factory([dead, backends[0].url], "retries: 1\n")
+    async with aiohttp.ClientSession() as client:
+        for _ in range(4):
+            async with client.post(balancer.url + "/sink", data=b"u" * 1000) as response:
+                assert response.status == 200
+                body = await response.read()
+    _, values = await metrics(balancer)
+    assert values['balancer_backend_request_bytes_total{backend="b1"}'] == 4000
+    assert values['balancer_backend_response_bytes_total{backend="b1"}'] == 4 * len(body)
+    assert values['balancer_backend_request_bytes_total{backend="b0"}'] == 0
+    assert values['balancer_retries_total{backend="b0",reason="connect_failed"}'] >= 1
+    assert not any(name.startswith('balancer_retries_total{backend="b1"') for name in values)
+
+
+async def test_sticky_lookups_and_the_redis_call_latency(
+    backends: list[Backend], balancer_factory: StartBalancer, redis_server: RedisServer
+) -> None:
+    extra = f"sticky:\n  mode: header\nredis:\n  url: {redis_server.url}\n"
+    balancer = await balancer_factory([b.url for b in backends], extra)
+    async with aiohttp.ClientSession() as client:
+        for session in ("a", "a", "a", "b"):
+            headers = {"X-Session-Id": session}
+            async with client.get(balancer.url + "/", headers=headers) as response:
+                assert response.status == 200
+    text, values = await metrics(balancer)
+    assert values['balancer_sticky_lookups_total{result="miss"}'] == 2  # a, then b
+    # The near cache answers a hot key without Redis: hits counted all the same.
+    assert values['balancer_sticky_lookups_total{result="hit"}'] == 2
+    assert values["balancer_sticky_store_call_duration_seconds_count"] >= 2
+    assert values["balancer_sticky_store_errors_total"] == 0
+    promtool_passes(text)

@@ -59,12 +59,15 @@ def respond_now(
         length_for_head=body is None and status != 204,  # HEAD and 304 keep it
         extra=extra,
     )
+    sent = 0
     if body is not None:
         transport.writelines((head, body))
+        sent = len(body)
+        backend.bytes_out += sent
     else:
         transport.write(head)
     record(backend, status, started)
-    return Sent(status, keep_alive, len(body) if body is not None else 0)
+    return Sent(status, keep_alive, sent)
 
 
 async def stream(
@@ -145,6 +148,7 @@ async def stream(
     else:
         if chunked:
             transport.write(CHUNKED_END)
+    backend.bytes_out += sent
     record(backend, status, started)
     return Sent(status, keep_alive, sent)
 
