@@ -147,8 +147,8 @@ async def serve(
         ) from None
     control.access = access
     proxy.access = access if access.on else None
-    handler = proxy.handle_logged if access.on else proxy.handle
-    front = FrontServer(handler, limits=config.limits, timeouts=config.timeouts, gate=gate)
+    front = FrontServer(proxy.handle, limits=config.limits, timeouts=config.timeouts, gate=gate)
+    front.answered = proxy.answered if access.on else None
     runner = web.ServerRunner(front, handle_signals=False, shutdown_timeout=config.shutdown_timeout)
     control.front, control.gate = front, gate
     sampler = None

@@ -254,6 +254,7 @@ def make_supervisor_app(
     token = require_token(lambda: admin.config.admin.token)
     app = web.Application(middlewares=[refuse_foreign_origins, token, json_errors])
     app.on_response_prepare.append(_without_server_header)
+
     async def series(request: web.Request) -> web.Response:
         return web.json_response(sampler.series() if sampler is not None else {})
 

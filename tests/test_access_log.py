@@ -17,8 +17,8 @@ import aiohttp
 import pytest
 
 from balancer.access_log import AccessLog, Entry, chunks, json_line, text_line
+from balancer.pipeline.access import sticky_outcome
 from balancer.pipeline.sticky_stage import StickyPlan
-from balancer.proxy import sticky_outcome
 
 from conftest import StartBalancer
 from support import Backend, config_yaml, eventually
@@ -218,3 +218,21 @@ def test_the_sticky_outcome() -> None:
     assert sticky_outcome(StickyPlan("k", pinned, None), [pinned]) == "hit"  # type: ignore[arg-type]
     assert sticky_outcome(StickyPlan("k", pinned, None), [pinned, other]) == "repin"  # type: ignore[arg-type]
     assert sticky_outcome(StickyPlan("k", None, None), [other]) == "new"  # type: ignore[list-item]
+
+
+async def test_a_client_that_leaves_before_its_answer_is_a_499_line(
+    backends: list[Backend], balancer_factory: StartBalancer, tmp_path: Path
+) -> None:
+    path = tmp_path / "access.log"
+    balancer = await balancer_factory([backends[0].url], with_log("", str(path)))
+    host, port = balancer.host_port
+    reader, writer = await asyncio.open_connection(host, port)
+    writer.write(b"GET /slow?delay=5 HTTP/1.1\r\nHost: x\r\n\r\n")
+    await writer.drain()
+    await eventually(lambda: backends[0].seen)  # it reached the backend
+    writer.close()
+    lines = await eventually(lambda: log_lines(path), timeout=10)
+    assert [(line["target"], line["status"], line["backend"]) for line in lines] == [
+        ("/slow?delay=5", 499, "b0")
+    ]
+    del reader

@@ -338,6 +338,10 @@ _PHRASES = {400: "Bad Request", 414: "URI Too Long", 431: "Request Header Fields
 class FrontServer(web.Server):
     """aiohttp's low-level server, making `FrontHandler`s."""
 
+    #: Called with (request, answer or None if it was cut) after each request, when set (the
+    #: access log); read per request, so setting it applies to open connections too.
+    answered: Any = None
+
     def __init__(
         self,
         handler: Any,
@@ -385,14 +389,6 @@ class FrontServer(web.Server):
             max_headers=limits.max_headers,
             keepalive_timeout=timeouts.client_idle,
         )
-
-    def set_request_handler(self, handler: Any) -> None:
-        """Serve every request from now on with `handler`, on the connections open now too
-        (a reload that turns the access log on or off: each connection reads its handler per
-        request, balancer/http/loop.py)."""
-        self.request_handler = handler
-        for connection in self.connections:
-            connection._request_handler = handler
 
     def cut_all(self) -> None:
         """A second SIGTERM/SIGINT while draining: cancel every request still in flight."""
