@@ -22,8 +22,8 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-from balancer import __version__
-from balancer.admin import ENDPOINTS, MODES, json_errors, refuse_foreign_origins
+from balancer import dashboard
+from balancer.admin import MODES, index, json_errors, refuse_foreign_origins
 from balancer.admin_auth import require_token
 from balancer.admin_merge import merge_backend, merge_metrics, merge_status, requests_served
 from balancer.config import Config
@@ -224,10 +224,6 @@ def make_supervisor_app(
         body = {"status": "ready" if ready else "unavailable", "workers_ready": len(ready)}
         return web.json_response(body, status=200 if ready else 503)
 
-    async def index(request: web.Request) -> web.Response:
-        endpoints = [{"method": m, "path": p, "what": what} for m, p, what in ENDPOINTS]
-        return web.json_response({"balancer": __version__, "endpoints": endpoints})
-
     async def set_mode(request: web.Request) -> web.Response:
         """Passed to every worker (each checks name, action and method as one process
         does); answered once all answered, with the backend as the whole balancer sees it."""
@@ -258,12 +254,13 @@ def make_supervisor_app(
     token = require_token(lambda: admin.config.admin.token)
     app = web.Application(middlewares=[refuse_foreign_origins, token, json_errors])
     app.on_response_prepare.append(_without_server_header)
+
     async def series(request: web.Request) -> web.Response:
         return web.json_response(sampler.series() if sampler is not None else {})
 
     app.router.add_post("/reload", reload)
     app.router.add_get("/series", series)
-    app.router.add_get("/", index)
+    dashboard.add_routes(app, index)
     app.router.add_route("*", "/backends/{name}/{action}", set_mode)
     app.router.add_get("/status", get_status)
     app.router.add_get("/metrics", get_metrics)
