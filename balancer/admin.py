@@ -1,4 +1,4 @@
-"""The admin API on `admin.listen` (SPEC §3): status, health probes, metrics."""
+"""The admin API on `admin.listen` (SPEC §3): status, health probes, metrics, the dashboard."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from balancer import __version__
+from balancer import __version__, dashboard
 from balancer.admin_auth import Middleware, require_token
 from balancer.backend import Backend, Mode
 from balancer.control import Control
@@ -106,10 +106,13 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
         return response
 
 
-# What GET / answers until the dashboard exists: every endpoint, and what it does.
+# What GET / answers a client that asks for JSON (the dashboard otherwise): every endpoint.
 ENDPOINTS = (
+    ("GET", "/", "the dashboard (HTML); this index with Accept: application/json"),
+    ("GET", "/dashboard/{file}", "the dashboard's script and style sheet"),
     ("GET", "/status", "JSON: strategy, sticky store, every backend's state and counters"),
     ("GET", "/metrics", "Prometheus text format"),
+    ("GET", "/series", "the last five minutes of traffic per backend, every 2 s"),
     ("GET", "/health/live", "200 while the process runs"),
     ("GET", "/health/ready", "200 when at least one backend is routable, else 503"),
     ("POST", "/backends/{name}/drain", "no new requests but existing sticky sessions"),
@@ -117,6 +120,11 @@ ENDPOINTS = (
     ("POST", "/backends/{name}/enable", "back into rotation"),
     ("POST", "/reload", "re-read the config file: 200 once it serves, or 400 with every problem"),
 )
+
+
+def index() -> dict[str, Any]:
+    endpoints = [{"method": m, "path": p, "what": what} for m, p, what in ENDPOINTS]
+    return {"balancer": __version__, "endpoints": endpoints}
 
 
 def backend_status(backend: Backend) -> dict[str, Any]:
@@ -208,10 +216,6 @@ def make_admin_app(
         body = {"status": "ready" if routable else "unavailable", "routable_backends": routable}
         return web.json_response(body, status=200 if routable else 503)
 
-    async def index(request: web.Request) -> web.Response:
-        endpoints = [{"method": m, "path": p, "what": what} for m, p, what in ENDPOINTS]
-        return web.json_response({"balancer": __version__, "endpoints": endpoints})
-
     def no_such(what: str, given: str, known: list[str], key: str) -> web.Response:
         return web.json_response({"error": f"no {what} {given!r}", key: known}, status=404)
 
@@ -269,7 +273,7 @@ def make_admin_app(
         app.router.add_get("/totals", totals)
     else:
         app.router.add_get("/series", series)
-    app.router.add_get("/", index)
+        dashboard.add_routes(app, index)
     app.router.add_post("/reload", reload)
     app.router.add_route("*", "/backends/{name}/{action}", set_mode)
     app.router.add_get("/status", get_status)

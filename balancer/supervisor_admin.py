@@ -15,14 +15,15 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, Protocol
+from urllib.parse import quote
 
 import aiohttp
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from balancer import __version__
-from balancer.admin import ENDPOINTS, MODES, json_errors, refuse_foreign_origins
+from balancer import dashboard
+from balancer.admin import MODES, index, json_errors, refuse_foreign_origins
 from balancer.admin_auth import require_token
 from balancer.admin_merge import merge_backend, merge_metrics, merge_status, requests_served
 from balancer.config import Config
@@ -100,7 +101,7 @@ class WorkerAdmin:
         """The modes the admin API set, to a worker that (re)started: it took them on before
         it listened; one set since then reaches it now."""
         for name, action in list(self.modes.items()):
-            answer = await self.call(worker, "POST", f"/backends/{name}/{action}")
+            answer = await self.call(worker, "POST", action_path(name, action))
             if answer is None or answer[0] != 200:
                 log.warning("worker %d: could not %s backend %s again", worker.index, action, name)
 
@@ -138,6 +139,12 @@ class WorkerAdmin:
         for session in self._sessions.values():
             await session.close()
         self._sessions.clear()
+
+
+def action_path(name: str, action: str) -> str:
+    """`/backends/{name}/{action}` for a worker, each part quoted again: a name may hold
+    `?`, `#` or `%` (only space and `/` are refused), and request.path is decoded."""
+    return f"/backends/{quote(name, safe='')}/{quote(action, safe='')}"
 
 
 def _json(answer: Answer) -> Any:
@@ -220,15 +227,12 @@ def make_supervisor_app(
         body = {"status": "ready" if ready else "unavailable", "workers_ready": len(ready)}
         return web.json_response(body, status=200 if ready else 503)
 
-    async def index(request: web.Request) -> web.Response:
-        endpoints = [{"method": m, "path": p, "what": what} for m, p, what in ENDPOINTS]
-        return web.json_response({"balancer": __version__, "endpoints": endpoints})
-
     async def set_mode(request: web.Request) -> web.Response:
         """Passed to every worker (each checks name, action and method as one process
         does); answered once all answered, with the backend as the whole balancer sees it."""
         body = await request.read()
-        asked = await admin.ask_all(request.method, request.path, body)
+        name, action = request.match_info["name"], request.match_info["action"]
+        asked = await admin.ask_all(request.method, action_path(name, action), body)
         answers = [(w, a) for w, a in asked if a is not None]
         if not answers:
             return web.json_response({"error": "no worker answered (restarting?)"}, status=503)
@@ -239,7 +243,6 @@ def make_supervisor_app(
         for w, answer in asked:
             if answer is None:  # replayed to it when it starts again
                 log.warning("worker %d (pid %d) did not answer %s", w.index, w.pid, request.path)
-        name, action = request.match_info["name"], request.match_info["action"]
         if action in MODES:
             admin.remember(name, action)
         views = [view for _, a in answers if isinstance(view := _json(a), dict)]
@@ -260,7 +263,7 @@ def make_supervisor_app(
 
     app.router.add_post("/reload", reload)
     app.router.add_get("/series", series)
-    app.router.add_get("/", index)
+    dashboard.add_routes(app, index)
     app.router.add_route("*", "/backends/{name}/{action}", set_mode)
     app.router.add_get("/status", get_status)
     app.router.add_get("/metrics", get_metrics)

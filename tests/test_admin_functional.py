@@ -135,12 +135,15 @@ async def test_shutdown_timeout_cuts_long_requests(
 
 
 async def test_the_admin_root_lists_the_endpoints(balancer: Balancer) -> None:
+    """To a client that asks for JSON (a browser gets the dashboard: test_dashboard.py)."""
     async with aiohttp.ClientSession() as session:
-        async with session.get(balancer.admin_url + "/") as response:
+        headers = {"Accept": "application/json"}
+        async with session.get(balancer.admin_url + "/", headers=headers) as response:
             assert response.status == 200
             body = await response.json()
     paths = {(e["method"], e["path"]) for e in body["endpoints"]}
     assert {("GET", "/status"), ("GET", "/metrics"), ("POST", "/backends/{name}/drain")} <= paths
+    assert {("GET", "/"), ("GET", "/series"), ("GET", "/dashboard/{file}")} <= paths
     assert all(e["what"] for e in body["endpoints"])
 
 

@@ -146,3 +146,20 @@ async def test_a_worker_that_dies_while_asked_does_not_mix_up_the_answers(
     workers = (await response.json())["workers"]
     assert [(w["up"], w["requests_total"]) for w in workers] == [(True, 3), (True, 4)]
     await admin.close()
+
+
+async def test_a_backend_name_with_url_characters_reaches_the_workers_intact(
+    stand_ins: Callable[[int], Awaitable[FakeWorker]], aiohttp_client: Any
+) -> None:
+    """A name may hold `?`, `#` and `%` (only space and `/` are refused): the path passed on
+    to each worker is quoted again, never the decoded one (which would cut it at `?`)."""
+    workers = [await stand_ins(3), await stand_ins(4)]
+    client, admin = await client_for(workers, aiohttp_client)
+    response = await client.post("/backends/%3Ci%3Ea%3Fb%23c%25d%26/drain")
+    assert response.status == 404  # the stand-ins know b0 only, and say so
+    assert [w.posts for w in workers] == [["/backends/<i>a?b#c%d&/drain"]] * 2
+    admin.remember("x?y", "drain")
+    fresh = await stand_ins(0)
+    await admin.replay(fresh)
+    assert fresh.posts == ["/backends/x?y/drain"]
+    await admin.close()
