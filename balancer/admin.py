@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -16,6 +17,7 @@ from balancer.backend import Backend, Mode
 from balancer.control import Control
 from balancer.metrics import exposition, make_registry
 from balancer.peer_link import BadEvent, apply_events, parse_events
+from balancer.sticky.table import read_table, repin
 from balancer.window import Sampler, local_snapshot
 
 log = logging.getLogger("balancer.admin")
@@ -186,6 +188,52 @@ async def _without_server_header(request: web.Request, response: web.StreamRespo
     response.headers.popall("Server", None)
 
 
+MAX_LIMIT = 1000  # /sticky entries at most in one answer
+
+
+def _limit(given: list[str]) -> int:
+    if not given:
+        return 100
+    if len(given) > 1:
+        raise ValueError("limit: give it once")
+    if not given[0].isdigit() or not 0 <= int(given[0]) <= MAX_LIMIT:
+        raise ValueError(f"limit: expected a whole number from 0 to {MAX_LIMIT}, got {given[0]!r}")
+    return int(given[0])
+
+
+def _repin_asked(body: bytes) -> bool:
+    """An action's optional JSON body: `{"repin": true}` (SPEC §3), or nothing."""
+    if not body.strip():
+        return False
+    try:
+        parsed = json.loads(body)
+    except ValueError:
+        raise ValueError('the body must be JSON, e.g. {"repin": true}') from None
+    if not isinstance(parsed, dict) or set(parsed) - {"repin"}:
+        raise ValueError('the body may only hold {"repin": true | false}')
+    repin_value = parsed.get("repin", False)
+    if not isinstance(repin_value, bool):
+        raise ValueError("repin: expected true or false")
+    return repin_value
+
+
+async def _repin(control: Control, drained: Backend) -> int:
+    """The drained backend's sticky sessions, each to the strategy's pick among the others."""
+    runtime = control.runtime
+    assert runtime is not None
+    if runtime.sticky is None:
+        return 0
+    pool = runtime.pool
+
+    def choose() -> str | None:
+        backend = pool.pick((drained,))
+        return backend.name if backend is not None else None
+
+    moved = await repin(control.store, drained.name, choose)
+    log.info("backend %s: %d sticky session(s) re-pinned by the admin API", drained.name, moved)
+    return moved
+
+
 def make_admin_app(
     control: Control,
     *,
@@ -235,9 +283,34 @@ def make_admin_app(
                 status=405,
                 headers={"Allow": "POST"},
             )
+        try:
+            repin_asked = _repin_asked(await request.read())
+        except ValueError as exc:
+            return web.json_response({"error": str(exc)}, status=400)
+        if repin_asked and action != "drain":
+            return web.json_response({"error": "repin goes with drain only"}, status=400)
         backend.set_mode(MODES[action])
         log.info("backend %s: %s by the admin API", backend.name, MODES[action])
-        return web.json_response(backend_status(backend))
+        body = backend_status(backend)
+        if repin_asked:
+            body["repinned"] = await _repin(control, backend)
+        return web.json_response(body)
+
+    async def sticky_table(request: web.Request) -> web.Response:
+        runtime = control.runtime
+        assert runtime is not None
+        if runtime.sticky is None:
+            return web.json_response({"error": "sticky sessions are off (sticky.mode)"}, status=404)
+        try:
+            limit = _limit(request.query.getall("limit", []))
+        except ValueError as exc:
+            return web.json_response({"error": str(exc)}, status=400)
+        only = request.query.get("backend")
+        if only is not None and runtime.pool.by_name(only) is None:
+            names = [b.name for b in runtime.pool.backends]
+            return no_such("backend named", only, names, "backends")
+        table = await read_table(control.store, limit=limit, only=only)
+        return web.json_response(table.as_json())
 
     # The Origin check first: before anything else is looked at, a token included (SPEC §3).
     # A worker's app (peer) is on a socket only its supervisor can reach: no token there.
@@ -268,6 +341,7 @@ def make_admin_app(
     async def series(request: web.Request) -> web.Response:
         return web.json_response(sampler.series() if sampler is not None else {})
 
+    app.router.add_get("/sticky", sticky_table)
     if peer:
         app.router.add_post("/peer/events", peer_events)
         app.router.add_get("/totals", totals)

@@ -173,6 +173,10 @@ async def _without_server_header(request: web.Request, response: web.StreamRespo
     response.headers.popall("Server", None)
 
 
+def _passed_on(answer: Answer) -> web.Response:
+    return web.Response(body=answer[1], status=answer[0], content_type="application/json")
+
+
 def make_supervisor_app(
     admin: WorkerAdmin,
     reload_all: Callable[[], Awaitable[ReloadAnswer]],
@@ -232,7 +236,12 @@ def make_supervisor_app(
         does); answered once all answered, with the backend as the whole balancer sees it."""
         body = await request.read()
         name, action = request.match_info["name"], request.match_info["action"]
-        asked = await admin.ask_all(request.method, action_path(name, action), body)
+        # A re-pin moves the sessions in the one shared Redis: one worker does it, after every
+        # worker took the drain (two at once would move some sessions twice).
+        repin_body = body if b"repin" in body else b""
+        asked = await admin.ask_all(
+            request.method, action_path(name, action), b"" if repin_body else body
+        )
         answers = [(w, a) for w, a in asked if a is not None]
         if not answers:
             return web.json_response({"error": "no worker answered (restarting?)"}, status=503)
@@ -248,7 +257,27 @@ def make_supervisor_app(
         views = [view for _, a in answers if isinstance(view := _json(a), dict)]
         if not views:
             return web.json_response({"error": "the workers' answers are not JSON"}, status=502)
-        return web.json_response(merge_backend(views))
+        merged = merge_backend(views)
+        if repin_body:
+            answer = await admin.call(answers[0][0], "POST", action_path(name, action), repin_body)
+            if answer is None:
+                return web.json_response({"error": "the re-pin got no answer"}, status=503)
+            if answer[0] != 200:
+                return web.Response(
+                    body=answer[1], status=answer[0], content_type="application/json"
+                )
+            merged["repinned"] = (_json(answer) or {}).get("repinned", 0)
+        return web.json_response(merged)
+
+    async def sticky_table(request: web.Request) -> web.Response:
+        """The table is Redis' (with several workers sticky needs it): one worker reads it."""
+        for worker, answer in [(w, None) for w in admin.workers() if w.ready][:1]:
+            answer = await admin.call(worker, "GET", request.path_qs)
+            if answer is not None:
+                return web.Response(
+                    body=answer[1], status=answer[0], content_type="application/json"
+                )
+        return web.json_response({"error": "no worker answered (restarting?)"}, status=503)
 
     async def reload(request: web.Request) -> web.Response:
         status, body = await reload_all()
@@ -263,6 +292,7 @@ def make_supervisor_app(
 
     app.router.add_post("/reload", reload)
     app.router.add_get("/series", series)
+    app.router.add_get("/sticky", sticky_table)
     dashboard.add_routes(app, index)
     app.router.add_route("*", "/backends/{name}/{action}", set_mode)
     app.router.add_get("/status", get_status)
