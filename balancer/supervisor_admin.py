@@ -25,6 +25,7 @@ from balancer import __version__
 from balancer.admin import ENDPOINTS, MODES, json_errors, refuse_foreign_origins
 from balancer.admin_auth import require_token
 from balancer.admin_merge import merge_backend, merge_metrics, merge_status, requests_served
+from balancer.alerts import DISABLED, AlertService
 from balancer.config import Config
 from balancer.window import Sampler, Snapshot, Totals, summed
 
@@ -119,6 +120,16 @@ class WorkerAdmin:
             return 400, {"reloaded": False, "problems": problems, "workers": per_worker}
         return 200, {**views[0][1], "workers": per_worker}
 
+    async def merged_status(self) -> dict[str, Any] | None:
+        """The whole balancer's /status (what the alerts judge), None when no worker answers."""
+        asked = await self.ask_all("GET", "/status")
+        statuses = [
+            body
+            for _, answer in asked
+            if answer is not None and answer[0] == 200 and isinstance(body := _json(answer), dict)
+        ]
+        return merge_status(statuses) if statuses else None
+
     async def totals(self) -> Snapshot:
         """Every worker's counters, summed (for the sampler); a worker that does not answer or
         answers garbage is left out of this sample."""
@@ -172,6 +183,7 @@ def make_supervisor_app(
     *,
     clock: Callable[[], float] = time.monotonic,
     sampler: Sampler | None = None,
+    alerts: AlertService | None = None,
 ) -> web.Application:
     started = clock()
 
@@ -202,8 +214,9 @@ def make_supervisor_app(
         )
         for w, _ in asked:
             restarts.add_metric([str(w.index)], w.restarts)
+        firing = () if alerts is None else (alerts.engine.family(),)  # the supervisor's alone
         try:
-            body = merge_metrics(texts, extra=(up, restarts))
+            body = merge_metrics(texts, extra=(up, restarts, *firing))
         except ValueError as exc:  # a worker's text that does not parse: a bug, said so
             return web.json_response({"error": f"cannot merge the metrics: {exc}"}, status=502)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
@@ -251,11 +264,16 @@ def make_supervisor_app(
     token = require_token(lambda: admin.config.admin.token)
     app = web.Application(middlewares=[refuse_foreign_origins, token, json_errors])
     app.on_response_prepare.append(_without_server_header)
+
     async def series(request: web.Request) -> web.Response:
         return web.json_response(sampler.series() if sampler is not None else {})
 
+    async def get_alerts(request: web.Request) -> web.Response:
+        return web.json_response(alerts.as_json() if alerts is not None else DISABLED)
+
     app.router.add_post("/reload", reload)
     app.router.add_get("/series", series)
+    app.router.add_get("/alerts", get_alerts)
     app.router.add_get("/", index)
     app.router.add_route("*", "/backends/{name}/{action}", set_mode)
     app.router.add_get("/status", get_status)
