@@ -15,6 +15,7 @@ path or query often holds its secret.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 
 import aiohttp
@@ -27,6 +28,7 @@ log = logging.getLogger("balancer.alerts")
 
 TIMEOUT = 5.0  # seconds for one POST, in all
 QUEUE = 1000  # notices waiting at most
+FLUSH = 1.0  # seconds what is queued may take to go when the balancer stops
 
 
 class Webhook:
@@ -36,6 +38,7 @@ class Webhook:
         self.sent = 0  # POSTs answered 2xx
         self.failed = 0  # POSTs that failed (no answer, not 2xx, too slow)
         self.dropped = 0  # notices the full queue could not take
+        self.pending = 0  # notices queued or being POSTed
         self._failing = 0  # failures since the last success (0: delivering)
         self._dropping = False
         self._task: asyncio.Task[None] | None = None
@@ -58,12 +61,17 @@ class Webhook:
                     self.queue.qsize(),
                 )
             return
+        self.pending += 1
         self._dropping = False
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run())
 
-    async def stop(self) -> None:
+    async def stop(self, flush: float = FLUSH) -> None:
+        """Stop; what is queued (or being POSTed) gets up to `flush` seconds to go first."""
+        if self._task is not None and self.pending:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.queue.join(), flush)
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
@@ -75,7 +83,11 @@ class Webhook:
     async def _run(self) -> None:
         while True:
             notice = await self.queue.get()
-            why = await self.post(notice)
+            try:
+                why = await self.post(notice)
+            finally:
+                self.pending -= 1
+                self.queue.task_done()
             if why is None:
                 self.sent += 1
                 if self._failing:

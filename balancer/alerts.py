@@ -406,8 +406,15 @@ class AlertService:
 
     def start(self) -> None:
         async def run() -> None:
+            failing = False
             while True:
-                await self.tick()
+                try:
+                    await self.tick()
+                    failing = False
+                except Exception:  # a bug: logged once per run of them, evaluation goes on
+                    if not failing:
+                        log.exception("alerts: an evaluation failed; trying again")
+                    failing = True
                 await asyncio.sleep(self._settings().interval)
 
         self.notifier.start()

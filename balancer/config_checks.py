@@ -320,7 +320,7 @@ ratio = number(0, 1)
 
 
 def webhook(value: Any) -> str:
-    """"" (none) or an http:// or https:// URL to POST alerts to."""
+    """An http:// or https:// URL to POST alerts to, or "" for none."""
     if value is None or value == "":
         return ""
     url = text(value).strip()

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import pytest
+from aiohttp import web
 from prometheus_client import CollectorRegistry, generate_latest
 
 from balancer import config_checks, window
@@ -456,3 +457,28 @@ async def test_a_webhook_that_cannot_be_reached_fails_once_logged(
     warned = [r.getMessage() for r in caplog.records if r.name == "balancer.alerts"]
     assert len(warned) == 1 and "cannot connect" in warned[0]
     assert "secret-path" not in caplog.text
+
+
+async def test_what_is_queued_goes_before_the_webhook_stops() -> None:
+    received: list[Any] = []
+
+    async def hook(request: web.Request) -> web.Response:
+        received.append(await request.json())
+        return web.json_response({})
+
+    app = web.Application()
+    app.router.add_post("/hook", hook)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    url = f"http://127.0.0.1:{runner.addresses[0][1]}/hook"
+    try:
+        hook_ = Webhook()
+        hook_.start()
+        for status in ("firing", "resolved"):
+            hook_.send(Notice(url, {"status": status, "rule": "backend_down"}))
+        await hook_.stop()
+        assert [body["status"] for body in received] == ["firing", "resolved"]
+        assert (hook_.sent, hook_.pending) == (2, 0)
+    finally:
+        await runner.cleanup()
