@@ -192,7 +192,7 @@ def make_admin_app(
     takes the supervisor's health and breaker events (peer_link) and gives it its counters
     (`/totals`, which the supervisor's sampler sums); it has no /alerts (its supervisor's)."""
     started = clock()
-    registry = make_registry(control)
+    registry = make_registry(control, peer=peer)
     if alerts is not None:
         registry.register(AlertsCollector(alerts.engine))
 

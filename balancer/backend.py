@@ -88,6 +88,8 @@ class Backend:
         "_on_slot_freed",
         "attempts_total",
         "breaker",
+        "bytes_in",
+        "bytes_out",
         "config",
         "cpu",
         "failure_statuses",
@@ -103,6 +105,7 @@ class Backend:
         "name",
         "recovered_at",
         "requests",
+        "retries",
         "routable",
         "state",
         "upstream",
@@ -134,6 +137,9 @@ class Backend:
         self.cpu: float | None = None  # reported load, 0..1, from health checks
         self.memory: float | None = None
         self.last_check = ""
+        self.bytes_in = 0  # request body bytes sent to it
+        self.bytes_out = 0  # response body bytes of its answers sent to clients
+        self.retries: dict[str, int] = {}  # requests retried elsewhere after it failed, by why
         self.in_flight = 0
         self.attempts_total = 0
         self.failures_total = 0

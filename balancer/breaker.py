@@ -74,6 +74,8 @@ class Breaker:
         self._on_change = on_change
         self._on_transition = on_transition
         self._adopting = False  # the transition under way is another worker's
+        # Transitions that happened here (not another worker's), by the state entered.
+        self.transitions = {"open": 0, "half_open": 0, "closed": 0}
         self._timer: asyncio.TimerHandle | None = None
         self.trial_in_flight = False
         self._failures_counted = False  # pybreaker's fail_counter > 0 (a property, and slow)
@@ -183,6 +185,7 @@ class Breaker:
         if self._adopting:  # logged once, by the worker where it happened
             log.debug("backend %s: breaker %s -> %s (another worker's)", self.name, old, new)
         else:
+            self.transitions[new] += 1
             log.log(
                 logging.WARNING if new == "open" else logging.INFO,
                 "backend %s: circuit breaker %s -> %s%s",

@@ -156,6 +156,14 @@ def token(value: Any) -> str:
     return str(value)
 
 
+def log_path(value: Any) -> str:
+    """`-` (stderr) or a file's path: text, no NUL, not a directory's (a trailing `/`)."""
+    written = text(value)
+    if not written or "\0" in written or written.endswith("/"):
+        raise ValueError(f"expected - (stderr) or a file's path, got {value!r}")
+    return written
+
+
 def path(value: Any) -> str:
     if not text(value).startswith("/"):
         raise ValueError(f"must start with '/', got {value!r}")

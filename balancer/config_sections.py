@@ -225,6 +225,18 @@ class AlertsConfig:
         return next((rule for rule in self.rules if rule.name == name), None)
 
 
+ACCESS_LOG_FORMATS = ("off", "text", "json")
+
+
+@dataclass(frozen=True, slots=True)
+class AccessLogConfig:
+    format: str = field(
+        default="off",
+        metadata=_text_rule(checks.choice("access log format", ACCESS_LOG_FORMATS, "format")),
+    )
+    path: str = field(default="-", metadata=_text_rule(checks.log_path))
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Config:
     backends: tuple[BackendConfig, ...] = field(metadata=_walked())  # a list of mappings
@@ -254,6 +266,7 @@ class Config:
     slow_start: float = field(default=0.0, metadata=_rule(checks.DURATION))
     cache: CacheConfig = field(default_factory=CacheConfig)
     compression: CompressionConfig = field(default_factory=CompressionConfig)
+    access_log: AccessLogConfig = field(default_factory=AccessLogConfig)
     # Evaluated in process, shown at GET /alerts (SPEC §2, §6; alerts.py).
     alerts: AlertsConfig = field(default_factory=AlertsConfig)
     source: str = "<string>"  # the file it was read from

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from balancer.access_log import AccessLog
 from balancer.config import Config, ConfigError, Problem, load_config
 from balancer.health import HealthChecker, target_of
 from balancer.http.front import FrontServer
@@ -24,7 +25,7 @@ from balancer.listener import ConnectionGate
 from balancer.proxy import Proxy
 from balancer.registry import Registry
 from balancer.runtime import Plan, Runtime, build
-from balancer.sticky import Sticky
+from balancer.sticky import Sticky, StickyCounts
 from balancer.sticky.redis_store import RedisStore
 from balancer.sticky.signing import CookieSigner, make_signer
 from balancer.sticky.store import MemoryStore, SessionStore
@@ -106,8 +107,11 @@ class Control:
         overrides: Overrides,
         registry: Registry,
         proxy: Proxy | None = None,
+        quiet: bool = False,
     ) -> None:
         self.config = config
+        # A worker's: its supervisor logs each reload once for the whole balancer.
+        self._reloaded_level = logging.DEBUG if quiet else logging.INFO
         self.path = path
         self._watched = os.path.abspath(path) if path is not None else ""
         self.overrides = overrides
@@ -118,6 +122,8 @@ class Control:
         self.front: FrontServer | None = None
         self.gate: ConnectionGate | None = None
         self.health: HealthChecker | None = None
+        self.access: AccessLog | None = None
+        self.sticky_counts = StickyCounts()  # across reloads and store changes
         self.runtime: Runtime | None = None
         self._lock = asyncio.Lock()  # one reload at a time
         self.reloads_ok = 0
@@ -140,7 +146,7 @@ class Control:
             if self._signer is None or self.config.sticky.secret != config.sticky.secret:
                 self._signer = await make_signer(config.sticky.secret, self.store)
             signer = self._signer
-        return Sticky(config.sticky, self.store, signer)
+        return Sticky(config.sticky, self.store, signer, self.sticky_counts)
 
     async def watch(self, stop: asyncio.Event) -> None:
         """`watch: true`: reload whenever the file changes, until `stop` (or `watch` turns
@@ -172,7 +178,7 @@ class Control:
         if outcome.ok:
             self.reloads_ok += 1
             assert outcome.plan is not None
-            log.info("reloaded %s: %s", self.path, outcome.plan.summary())
+            log.log(self._reloaded_level, "reloaded %s: %s", self.path, outcome.plan.summary())
         else:
             self.reloads_failed += 1
             log.warning(
@@ -213,12 +219,31 @@ class Control:
             self.gate.set_cap(config.limits.max_connections)
         if self.health is not None:
             self.health.sync(map(target_of, runtime.pool.backends), config.health_check)
+        if self.access is not None:
+            self._access_log(config)
         _set_log_level(config.log_level)
         if self.proxy is not None:
             self.proxy.debug = logging.getLogger("balancer.proxy").isEnabledFor(logging.DEBUG)
         if old_store is not None:
             await old_store.close()
         return Outcome(True, plan=plan)
+
+    def _access_log(self, config: Config) -> None:
+        """A reload's access_log: format and path; the file is reopened (as on SIGUSR1), and
+        the front calls the access log's hook, or stops, from the next request on."""
+        access = self.access
+        assert access is not None
+        access.configure(config.access_log.format, config.access_log.path)
+        if self.proxy is not None:
+            self.proxy.access = access if access.on else None
+            if self.front is not None:
+                self.front.answered = self.proxy.answered if access.on else None
+
+    def reopen_logs(self) -> None:
+        """SIGUSR1: reopen the access log's file (log rotation)."""
+        if self.access is not None:
+            log.info("SIGUSR1: reopening the access log %s", self.access.path)
+            self.access.reopen()
 
 
 def _set_log_level(level: str) -> None:

@@ -24,6 +24,8 @@ class ProxyError(Exception):
     #: Whether the client is to blame: it is answered (if anyone is left) and its connection
     #: closed, never retried.
     client_fault = False
+    #: The `reason` label of a retry it caused (balancer_retries_total).
+    reason = "error"
 
     def __init__(self, detail: str = "") -> None:
         super().__init__(detail or self.__class__.__doc__ or self.__class__.__name__)
@@ -33,6 +35,8 @@ class ProxyError(Exception):
 class NoBackendAvailable(ProxyError):
     """No backend can be picked for the request."""
 
+    reason = "no_backend"
+
     status = 503
     sent = False
     backend_failure = False
@@ -41,11 +45,14 @@ class NoBackendAvailable(ProxyError):
 class ConnectFailed(ProxyError):
     """The backend refused the connection or did not accept it within timeouts.connect."""
 
+    reason = "connect_failed"
     sent = False
 
 
 class BackendDropped(ProxyError):
     """The backend closed or reset the connection before a complete response head."""
+
+    reason = "dropped"
 
 
 class StaleConnection(BackendDropped):
@@ -55,17 +62,23 @@ class StaleConnection(BackendDropped):
     not the backend's failure, so it counts against neither its stats nor its breaker. The
     request may be sent again on a fresh connection when it is safe to (SPEC §4)."""
 
+    reason = "stale_connection"
+
     backend_failure = False
 
 
 class BackendTimeout(ProxyError):
     """The backend sent nothing for longer than timeouts.read."""
 
+    reason = "timeout"
+
     status = 504
 
 
 class BadBackendResponse(ProxyError):
     """The backend's response could not be parsed or was framed ambiguously."""
+
+    reason = "bad_response"
 
 
 class ClientGone(ProxyError):
@@ -101,6 +114,8 @@ class LocalResourceError(ProxyError):
     """The balancer itself is out of file descriptors, buffers or memory (EMFILE, ENFILE,
     ENOBUFS, ENOMEM): the backend was never reached and is not to blame. Counting it against
     the backend marked healthy backends down when client connections exhausted the fds."""
+
+    reason = "local_resources"
 
     status = 503
     sent = False

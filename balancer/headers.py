@@ -46,9 +46,10 @@ _NEVER_DROPPED = frozenset({b"host"})
 def names_more_fields(connection: bytes) -> bool:
     """Whether a Connection value names a field other than the hop-by-hop ones. `close`
     counts as one: a field named Close (reserved, RFC 9110 18.4) must go too."""
-    return any(
-        token.strip() not in HOP_BY_HOP for token in connection.lower().split(b",") if token.strip()
-    )
+    lowered = connection.lower()
+    if lowered in HOP_BY_HOP:  # one hop-by-hop token, as most are (`keep-alive`): no split
+        return False
+    return any(token.strip() not in HOP_BY_HOP for token in lowered.split(b",") if token.strip())
 
 
 def request_head(

@@ -22,6 +22,7 @@ from typing import Protocol
 from balancer.backend import Backend, Health
 from balancer.config import HealthCheckConfig
 from balancer.errors import LocalResourceError, ProxyError
+from balancer.histogram import Histogram
 from balancer.load import parse_load
 from balancer.upstream_pool import UpstreamPool
 
@@ -92,6 +93,22 @@ async def probe(pool: UpstreamPool, path: str, deadline: float) -> ProbeResult:
     cpu, memory = parse_load(body, load_header)
     passed = 200 <= response.status < 400
     return ProbeResult(passed, f"status {response.status}", cpu, memory)
+
+
+class ProbeStats:
+    """One backend's probes since start, for /metrics: results and a duration histogram."""
+
+    __slots__ = ("durations", "results")
+
+    def __init__(self) -> None:
+        self.results = {"pass": 0, "fail": 0, "skipped": 0}
+        self.durations = Histogram()
+
+    def record(self, result: ProbeResult, seconds: float) -> None:
+        outcome = "skipped" if result.skipped else "pass" if result.passed else "fail"
+        self.results[outcome] += 1
+        if not result.skipped:
+            self.durations.record(seconds)
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,7 +189,7 @@ class HealthChecker:
         self._loop = loop
         self._rng = rng or random.Random()
         self._tasks: dict[ProbeTarget, asyncio.Task[None]] = {}  # one probe loop per target
-        self.failed_probes: dict[str, int] = {}  # per backend name, since start
+        self.stats: dict[str, ProbeStats] = {}  # per backend name (those probed now)
 
     def start(self) -> None:
         self.sync(self._targets, self.config)
@@ -187,6 +204,8 @@ class HealthChecker:
             self._cancel(list(self._tasks))
         self._targets = targets
         self._cancel([t for t in self._tasks if t not in targets])
+        names = {t.name for t in targets}
+        self.stats = {name: self.stats.get(name) or ProbeStats() for name in names}
         for target in targets:
             if target not in self._tasks:
                 task = self._loop.create_task(self._run(target))
@@ -217,7 +236,9 @@ class HealthChecker:
         counter = RiseFall(config.rise, config.fall, healthy=self._sink.healthy(target))
         last_error = ""
         skipping = False  # logged at warning once a run of skipped probes starts
+        stats = self.stats.setdefault(target.name, ProbeStats())
         while True:
+            began = self._loop.time()
             try:
                 result = await probe(pool, config.path, config.timeout)
             except Exception as exc:  # SPEC §2: a probe that fails in any way
@@ -229,8 +250,7 @@ class HealthChecker:
                     last_error = result.detail
             else:
                 last_error = ""
-            if not result.passed and not result.skipped:
-                self.failed_probes[target.name] = self.failed_probes.get(target.name, 0) + 1
+            stats.record(result, self._loop.time() - began)
             if result.skipped:
                 level = logging.DEBUG if skipping else logging.WARNING
                 log.log(level, "health check of %s %s", target.name, result.detail)

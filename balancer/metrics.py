@@ -19,15 +19,89 @@ from prometheus_client.registry import Collector
 
 from balancer.backend import DURATION_BUCKETS, STATE, RequestStats
 from balancer.control import Control
+from balancer.health import HealthChecker
+from balancer.sticky.redis_store import RedisStore
 from balancer.window import NO_BACKEND  # the label of requests answered without a backend
 
 BREAKER_STATES = {"closed": 0, "half_open": 1, "open": 2}
 BACKEND_STATES = tuple(dict.fromkeys(STATE.values()))  # healthy, unhealthy, draining, disabled
 
 
+def histogram(
+    family: HistogramMetricFamily, labels: list[str], buckets: list[int], total: float
+) -> None:
+    """One histogram sample set from per-bucket counts over DURATION_BUCKETS (+Inf last)."""
+    cumulative = 0
+    points: list[tuple[str, float]] = []
+    for bound, count in zip(DURATION_BUCKETS, buckets, strict=False):
+        cumulative += count
+        points.append((_le(bound), cumulative))
+    points.append(("+Inf", sum(buckets)))
+    family.add_metric(labels, points, total)
+
+
+def health_families(checker: HealthChecker) -> list[Metric]:
+    """The health checks' results and durations (the supervisor's, with workers)."""
+    results = CounterMetricFamily(
+        "balancer_health_checks",
+        "Health probes by backend and result (pass, fail, skipped: no socket of our own)",
+        labels=["backend", "result"],
+    )
+    durations = HistogramMetricFamily(
+        "balancer_health_check_duration_seconds",
+        "Time a health probe took, passed or failed",
+        labels=["backend"],
+    )
+    for name, stats in sorted(checker.stats.items()):
+        for result, count in stats.results.items():
+            results.add_metric([name, result], count)
+        if stats.durations.count:
+            histogram(durations, [name], stats.durations.buckets, stats.durations.total_seconds)
+    return [results, durations]
+
+
+def sticky_families(control: Control) -> list[Metric]:
+    """Sticky lookups by outcome; with Redis its call latency and errors."""
+    counts = control.sticky_counts
+    lookups = CounterMetricFamily(
+        "balancer_sticky_lookups",
+        "Sticky lookups: hit (pinned), miss (unknown key), repin (pin cannot take it), new",
+        labels=["result"],
+    )
+    for result in ("hit", "miss", "repin", "new"):
+        lookups.add_metric([result], getattr(counts, result))
+    families: list[Metric] = [lookups]
+    store = control.store
+    if isinstance(store, RedisStore):
+        calls = HistogramMetricFamily(
+            "balancer_sticky_store_call_duration_seconds",
+            "Time of the request path's Redis calls (get, set), failed ones included",
+        )
+        histogram(calls, [], store.calls.buckets, store.calls.total_seconds)
+        errors = CounterMetricFamily(
+            "balancer_sticky_store_errors", "Redis calls that failed or timed out"
+        )
+        errors.add_metric([], store.errors_total)
+        families += [calls, errors]
+    return families
+
+
+def reload_family(ok: int, failed: int) -> Metric:
+    reloads = CounterMetricFamily(
+        "balancer_reloads", "Reloads of the config file, by result", labels=["result"]
+    )
+    reloads.add_metric(["ok"], ok)
+    reloads.add_metric(["failed"], failed)
+    return reloads
+
+
 class PoolCollector(Collector):
-    def __init__(self, control: Control) -> None:
+    """Everything /metrics shows of one process. A worker (`peer`) leaves out what its
+    supervisor exports for the whole balancer: the health checks and the reloads."""
+
+    def __init__(self, control: Control, *, peer: bool = False) -> None:
         self.control = control
+        self.peer = peer
 
     def collect(self) -> Iterator[Metric]:
         control = self.control
@@ -82,6 +156,26 @@ class PoolCollector(Collector):
             "Moving average of the time to the response head",
             labels=["backend"],
         )
+        request_bytes = CounterMetricFamily(
+            "balancer_backend_request_bytes",
+            "Request body bytes sent to the backend",
+            labels=["backend"],
+        )
+        response_bytes = CounterMetricFamily(
+            "balancer_backend_response_bytes",
+            "Response body bytes of the backend's answers sent to clients",
+            labels=["backend"],
+        )
+        retries = CounterMetricFamily(
+            "balancer_retries",
+            "Requests retried on another backend after this one failed, by why it failed",
+            labels=["backend", "reason"],
+        )
+        transitions = CounterMetricFamily(
+            "balancer_circuit_breaker_transitions",
+            "Breaker transitions by the state entered (those that happened in this process)",
+            labels=["backend", "to"],
+        )
         for backend in (*pool.backends, *control.registry.retiring):
             name = backend.name
             _add_requests(requests, durations, name, backend.requests)
@@ -95,6 +189,13 @@ class PoolCollector(Collector):
             attempts.add_metric([name], backend.attempts_total)
             failures.add_metric([name], backend.failures_total)
             latency.add_metric([name], backend.latency_ewma)
+            request_bytes.add_metric([name], backend.bytes_in)
+            response_bytes.add_metric([name], backend.bytes_out)
+            for reason, count in sorted(backend.retries.items()):
+                retries.add_metric([name, reason], count)
+            if backend.breaker is not None:
+                for to, count in backend.breaker.transitions.items():
+                    transitions.add_metric([name, to], count)
         _add_requests(requests, durations, NO_BACKEND, control.registry.unrouted)
         sticky = GaugeMetricFamily(
             "balancer_sticky_store_available",
@@ -105,7 +206,18 @@ class PoolCollector(Collector):
         queued = GaugeMetricFamily("balancer_queued_requests", "Requests waiting for a slot")
         queued.add_metric([], pool.queued)
         yield from (requests, durations, healthy, in_flight, breaker, attempts, failures, latency)
-        yield from (states, routable, sticky, queued)
+        yield from (states, routable, sticky, queued, transitions)
+        yield from (request_bytes, response_bytes, retries)
+        yield from sticky_families(control)
+        connections = GaugeMetricFamily(
+            "balancer_client_connections", "Client connections open now (proxy port)"
+        )
+        connections.add_metric([], control.gate.open if control.gate is not None else 0)
+        yield connections
+        if not self.peer:
+            yield reload_family(control.reloads_ok, control.reloads_failed)
+            if control.health is not None:
+                yield from health_families(control.health)
 
 
 def _add_requests(
@@ -116,24 +228,17 @@ def _add_requests(
 ) -> None:
     for code, count in sorted(stats.codes.items()):
         requests.add_metric([name, str(code)], count)
-    if not stats.duration_count:
-        return
-    cumulative = 0
-    buckets: list[tuple[str, float]] = []
-    for bound, count in zip(DURATION_BUCKETS, stats.bucket_counts, strict=False):
-        cumulative += count
-        buckets.append((_le(bound), cumulative))
-    buckets.append(("+Inf", stats.duration_count))
-    durations.add_metric([name], buckets, stats.duration_sum)
+    if stats.duration_count:
+        histogram(durations, [name], stats.bucket_counts, stats.duration_sum)
 
 
 def _le(bound: float) -> str:
     return repr(float(bound))
 
 
-def make_registry(control: Control) -> CollectorRegistry:
+def make_registry(control: Control, *, peer: bool = False) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(PoolCollector(control))
+    registry.register(PoolCollector(control, peer=peer))
     return registry
 
 

@@ -8,15 +8,16 @@ proxy.handle(request)
   ├─ forward in backend.attempt(), the one place that counts (backend.py): the head and
   │    the body up (pipeline/upload.py), the response head back
   ├─ sticky remember (pipeline/sticky_stage.py)
+  ├─ forward: one attempt (pipeline/forward.py)
   ├─ respond: the one writer (pipeline/respond.py)
   └─ a failure before any response byte went out: retried when SPEC §4 allows
        (pipeline/retry.py)
+Proxy.answered: the access log line, called by the front after each (pipeline/access.py).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -24,27 +25,24 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from balancer import tunnel
+from balancer.access_log import AccessLog
 from balancer.backend import Backend, RequestStats
 from balancer.errors import (
-    BadBackendResponse,
     BadRequest,
     ClientGone,
     NoBackendAvailable,
     ProxyError,
-    StaleConnection,
 )
 from balancer.headers import origin_form, request_body_framing, request_head, valid_host
 from balancer.http.front import client_address
-from balancer.http.parser import RawRequestMessage, parsed_message
-from balancer.load import parse_load
+from balancer.http.parser import parsed_message
+from balancer.pipeline.access import ROUTE, Answered
 from balancer.pipeline.decision import log_decision
-from balancer.pipeline.respond import answer_error, respond_now, stream
-from balancer.pipeline.retry import IDEMPOTENT, may_retry
-from balancer.pipeline.sticky_stage import StickyPlan, stick, sticky_plan
-from balancer.pipeline.upload import completed, head_or_upload_failure
-from balancer.pipeline.upload import upload as upload_body
-from balancer.response import Sent, has_body
+from balancer.pipeline.forward import forward
+from balancer.pipeline.respond import answer_error
+from balancer.pipeline.retry import may_retry
+from balancer.pipeline.sticky_stage import sticky_plan
+from balancer.response import Sent
 from balancer.runtime import Runtime
 
 if TYPE_CHECKING:
@@ -67,8 +65,11 @@ class Proxy:
         self.unrouted = unrouted  # requests answered without a backend, whatever the Runtime
         self.clock = clock
         self._record = self._finish  # bound once: the stages call it on every request
+        self.access: AccessLog | None = None  # on: the front calls `answered` after each
+        self.answered = Answered(self)
         # Decided once: no per-request cost when debug logging is off.
         self.debug = log.isEnabledFor(logging.DEBUG)
+        self._valid_host = ""  # the Host of the last request that passed valid_host
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse | Sent:
         started = self.clock()
@@ -84,10 +85,15 @@ class Proxy:
                 target = origin_form(target, raw_headers)
             framing = request_body_framing(message.version, raw_headers, rt.max_body)
             headers = message.headers
-            websocket = _websocket_upgrade(headers)
+            upgrade = headers.get("Upgrade")  # rare: the call only then
+            websocket = _websocket_upgrade(upgrade, headers) if upgrade is not None else None
             host = headers.get("Host")
-            if host and not valid_host(host):
-                raise BadRequest(f"invalid Host {host[:100]!r}")
+            # Most requests repeat the last valid Host: an equal str is cheaper than the
+            # call and the dict lookup (a hash of a fresh str) valid_host would cost.
+            if host and host != self._valid_host:
+                if not valid_host(host):
+                    raise BadRequest(f"invalid Host {host[:100]!r}")
+                self._valid_host = host
         except BadRequest as exc:
             return answer_error(self._record, rt, exc, None, started, close=True)
         pool = rt.pool
@@ -100,6 +106,8 @@ class Proxy:
         key = rt.request_key(request) if rt.request_key is not None else None
         plan = await sticky_plan(rt, request) if sticky is not None else None
         tried: list[Backend] = []
+        if self.access is not None:
+            request[ROUTE] = (started, tried, plan)
         last_error: ProxyError | None = None
         retrying = False
         try:
@@ -136,8 +144,17 @@ class Proxy:
                             upgrade=websocket,
                             drop_cookie=drop_cookie,
                         )
-                    return await self._attempt(
-                        rt, backend, request, message, head, framing, websocket, started, plan
+                    return await forward(
+                        self._record,
+                        rt,
+                        backend,
+                        request,
+                        message,
+                        head,
+                        framing,
+                        websocket,
+                        started,
+                        plan,
                     )
                 except ClientGone as exc:
                     self._client_gone(method, request.raw_path, backend, started, exc.detail)
@@ -157,110 +174,14 @@ class Proxy:
                     if not retrying:
                         retrying = True
                         rt.retry_budget.in_flight += 1
+                    retries = backend.retries
+                    retries[exc.reason] = retries.get(exc.reason, 0) + 1
                     log.info(
                         "retrying %s %s after %s: %s", method, request.raw_path, backend.name, exc
                     )
         finally:
             if retrying:
                 rt.retry_budget.in_flight -= 1
-
-    async def _attempt(
-        self,
-        rt: Runtime,
-        backend: Backend,
-        request: web.BaseRequest,
-        message: RawRequestMessage,
-        head: bytes,
-        framing: bytes | None,
-        websocket: bytes | None,
-        started: float,
-        plan: StickyPlan | None,
-    ) -> Sent:
-        with backend.attempt() as attempt:
-            upstream = backend.upstream
-            conn = upstream.take_idle() or await upstream.connect()
-            upload: asyncio.Task[None] | None = None
-            try:
-                conn.send_head(head, message.method, body=framing is not None)
-                if framing is None:
-                    try:
-                        response_head = await conn.read_head()
-                    except StaleConnection:
-                        if message.method not in IDEMPOTENT:
-                            raise  # it may have been acted on: not replayed (SPEC §4)
-                        # The pooled connection had gone stale: the same request, once more,
-                        # on a fresh connection to the same backend (as browsers and Go's
-                        # http.Transport do); a failure there is the backend's.
-                        conn.close()
-                        conn = await upstream.connect()
-                        conn.send_head(head, message.method)
-                        response_head = await conn.read_head()
-                else:
-                    upload = asyncio.ensure_future(upload_body(rt, request, conn, framing))
-                    response_head = await head_or_upload_failure(conn, upload)
-                attempt.head_received(response_head.status)
-                if conn.reported_load is not None:
-                    backend.report_load(*parse_load(b"", conn.reported_load))
-                client_keep_alive = not message.should_close
-                if upload is not None and not completed(upload):
-                    # The backend answered before it had the whole body, or the body was cut
-                    # short: never reuse this connection; the client's closes after the
-                    # answer (its body is unread or broken).
-                    conn.reusable = False
-                    upload.cancel()
-                    client_keep_alive = False
-                extra = None
-                if plan is not None:
-                    extra = await stick(rt, plan, backend, response_head, request)
-                if response_head.status == 101:
-                    if websocket is None:
-                        raise BadBackendResponse("backend switched protocols unasked")
-                    return await tunnel.relay(
-                        request,
-                        conn,
-                        response_head,
-                        attempt,
-                        self._record,
-                        rt.tunnel_idle_timeout,
-                    )
-                with_body = has_body(message.method, response_head.status)
-                if conn.complete or not with_body:
-                    sent = respond_now(
-                        self._record,
-                        request,
-                        message,
-                        with_body,
-                        conn,
-                        response_head,
-                        backend,
-                        started,
-                        client_keep_alive,
-                        extra,
-                    )
-                else:
-                    sent = await stream(
-                        self._record,
-                        rt,
-                        request,
-                        conn,
-                        response_head,
-                        attempt,
-                        backend,
-                        started,
-                        client_keep_alive,
-                        extra,
-                    )
-            except BaseException:
-                conn.close()
-                raise
-            finally:
-                if upload is not None:
-                    if not upload.done():
-                        upload.cancel()
-                    with contextlib.suppress(BaseException):
-                        await upload
-            conn.finish()
-            return sent
 
     def _client_gone(
         self, method: str, path: str, backend: Backend, started: float, why: str
@@ -275,10 +196,9 @@ class Proxy:
         stats.record(status, self.clock() - started)
 
 
-def _websocket_upgrade(headers: CIMultiDictProxy[str]) -> bytes | None:
+def _websocket_upgrade(upgrade: str, headers: CIMultiDictProxy[str]) -> bytes | None:
     """The Upgrade value when the request asks for a WebSocket (the only one tunnelled)."""
-    upgrade = headers.get("Upgrade")
-    if upgrade is None or upgrade.lower() != "websocket":
+    if upgrade.lower() != "websocket":
         return None
     connection = headers.get("Connection", "")
     if "upgrade" not in connection.lower():

@@ -115,15 +115,16 @@ class Registry:
             self.retiring.discard(backend)
             self._close(backend)
 
-    def _close(self, backend: Backend) -> None:
-        log.info("backend %s retired", backend.name)
+    def _close(self, backend: Backend, *, retired: bool = True) -> None:
+        if retired:
+            log.info("backend %s retired", backend.name)
         backend.upstream.close()
         if backend.breaker is not None:
             backend.breaker.close()
 
     def close(self) -> None:
-        for backend in [*self.backends.values(), *self.retiring]:
-            self._close(backend)
+        for backend in [*self.backends.values(), *self.retiring]:  # the process stops
+            self._close(backend, retired=False)
         self.retiring.clear()
 
 

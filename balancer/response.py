@@ -29,11 +29,12 @@ class Sent:
     and reads `keep_alive` to decide whether to read another request on the connection.
     """
 
-    __slots__ = ("keep_alive", "status")
+    __slots__ = ("body_bytes", "keep_alive", "status")
 
-    def __init__(self, status: int, keep_alive: bool) -> None:
+    def __init__(self, status: int, keep_alive: bool, body_bytes: int = 0) -> None:
         self.status = status
         self.keep_alive = keep_alive
+        self.body_bytes = body_bytes  # the body bytes the client was sent (the access log)
 
     async def prepare(self, request: Any) -> None:
         return None

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from aiohttp import web
 
 from balancer import __version__
+from balancer.access_log import AccessLog
 from balancer.admin import MODES, make_admin_app, status
 from balancer.alert_webhook import Webhook
 from balancer.alerts import AlertService, View, view_of
@@ -29,7 +30,6 @@ from balancer.listener import ConnectionGate, bind
 from balancer.peer_link import Event, SupervisorLink, apply_events
 from balancer.proxy import Proxy
 from balancer.registry import Registry
-from balancer.sticky.store import SessionStore
 from balancer.window import Sampler, Snapshot, local_snapshot
 
 log = logging.getLogger("balancer")
@@ -131,14 +131,26 @@ async def serve(
     loop = asyncio.get_running_loop()
     link = None if joining is None else SupervisorLink(joining.supervisor_path, joining.index)
     registry = Registry(loop, on_breaker=None if link is None else link.breaker_changed)
-    control = Control(config, path=config_path, overrides=overrides, registry=registry)
+    control = Control(
+        config, path=config_path, overrides=overrides, registry=registry, quiet=joining is not None
+    )
     runtime = await control.first()
     if joining is not None:
         _join(control, joining)
     proxy = Proxy(runtime, registry.unrouted)
     control.proxy = proxy
     gate = ConnectionGate(config.limits.max_connections)
+    access = AccessLog(config.access_log.format, config.access_log.path)
+    try:
+        access.open()  # before serving: a log that cannot be written is the start's error
+    except OSError as exc:
+        raise StartupError(
+            f"cannot open the access log {config.access_log.path}: {exc.strerror}"
+        ) from None
+    control.access = access
+    proxy.access = access if access.on else None
     front = FrontServer(proxy.handle, limits=config.limits, timeouts=config.timeouts, gate=gate)
+    front.answered = proxy.answered if access.on else None
     runner = web.ServerRunner(front, handle_signals=False, shutdown_timeout=config.shutdown_timeout)
     control.front, control.gate = front, gate
     sampler = None
@@ -177,13 +189,15 @@ async def serve(
         for backend in runtime.pool.backends:
             announce(f"backend {backend.name} {backend.url} weight {backend.weight}")
         sys.stdout.flush()
-        _log_start(config, control.store, listeners)
+        quiet = logging.DEBUG if joining is not None else logging.INFO
+        log_start(config, control.store.kind, listeners, level=quiet)
         if health is not None:
             health.start()
         if sampler is not None:
             sampler.start()
         if alerts is not None:
             alerts.start()
+        access.start()
         # What start-up made lives as long as the process: out of the collector's way, so its
         # collections (set off by the request path's allocations) scan only what is young.
         gc.freeze()
@@ -220,6 +234,7 @@ async def serve(
             await link.close()
         await admin_runner.cleanup()
         await control.store.close()
+        await access.close()  # what the last requests logged, written
         registry.close()
     log.info("stopped")
     return 1 if interrupted else 0
@@ -236,12 +251,20 @@ def _alerts(control: Control, sampler: Sampler) -> AlertService:
     return AlertService(lambda: control.config.alerts, view, Webhook())
 
 
-def _log_start(config: Config, store: SessionStore, listeners: list[tuple[str, str]]) -> None:
-    """One block on stderr, in the log format: what this process serves and how."""
+def log_start(
+    config: Config,
+    store_kind: str,
+    listeners: list[tuple[str, str]],
+    *,
+    level: int = logging.INFO,
+) -> None:
+    """One block on stderr, in the log format: what the balancer serves and how (a worker's
+    at DEBUG: its supervisor logs the one block of the whole balancer)."""
     sticky = config.sticky.mode
     if sticky != "off":
-        sticky += f" (store {store.kind})"
-    log.info(
+        sticky += f" (store {store_kind})"
+    log.log(
+        level,
         "balancer %s: strategy %s, sticky %s, workers %d, log level %s",
         __version__,
         config.strategy,
@@ -250,10 +273,12 @@ def _log_start(config: Config, store: SessionStore, listeners: list[tuple[str, s
         config.log_level.lower(),
     )
     for what, url in listeners:
-        log.info("%s listening on %s", what, url)
+        log.log(level, "%s listening on %s", what, url)
     for backend in config.backends:
         extra = " (backup)" if backend.backup else ""
-        log.info("backend %s %s weight %d%s", backend.name, backend.url, backend.weight, extra)
+        log.log(
+            level, "backend %s %s weight %d%s", backend.name, backend.url, backend.weight, extra
+        )
 
 
 def in_flight(control: Control) -> int:
@@ -283,7 +308,7 @@ async def _drain(
         return True
     finally:
         signalled.cancel()
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1):
             loop.remove_signal_handler(sig)
 
 
@@ -301,6 +326,7 @@ async def _wait_for_stop(loop: asyncio.AbstractEventLoop, control: Control) -> N
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     loop.add_signal_handler(signal.SIGHUP, reload)
+    loop.add_signal_handler(signal.SIGUSR1, control.reopen_logs)  # after a log rotation
     try:
         await stop.wait()
     finally:

@@ -30,6 +30,7 @@ import time
 from dataclasses import dataclass, field
 
 from aiohttp import web
+from prometheus_client.core import Metric
 
 from balancer.alert_webhook import Webhook
 from balancer.alerts import AlertService, View, view_of
@@ -37,7 +38,9 @@ from balancer.config import Config
 from balancer.control import reread
 from balancer.http.admin_server import AdminRunner
 from balancer.listener import bind
+from balancer.metrics import health_families, reload_family
 from balancer.overrides import NO_OVERRIDES, CommandLine
+from balancer.server import log_start
 from balancer.shared_state import Peer, SharedState
 from balancer.supervisor_admin import ReloadAnswer, WorkerAdmin, make_supervisor_app
 from balancer.window import Sampler
@@ -117,6 +120,7 @@ class Supervisor:
         self.peer_path = os.path.join(self.directory, "supervisor.sock")
         self.shared: SharedState | None = None
         self._reload_lock = asyncio.Lock()
+        self.reloads_ok = self.reloads_failed = 0
         self.sockets: list[socket.socket] = []
         self.announced = False
         self.stopping = False
@@ -125,12 +129,21 @@ class Supervisor:
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1):
             loop.add_signal_handler(sig, self.events.put_nowait, sig)
         sampler = Sampler(self.admin.totals)
         alerts = self._alerts(sampler)
         runner = AdminRunner(
-            make_supervisor_app(self.admin, self.reload, sampler=sampler, alerts=alerts),
+            make_supervisor_app(
+                self.admin,
+                self.reload,
+                sampler=sampler,
+                own_metrics=self._own_metrics,
+                own_status=lambda: {
+                    "reloads": {"ok": self.reloads_ok, "failed": self.reloads_failed}
+                },
+                alerts=alerts,
+            ),
             limits=self.config.limits,
             timeouts=self.config.timeouts,
             handle_signals=False,
@@ -159,7 +172,7 @@ class Supervisor:
                 await self._spawn(worker)
             await self._dispatch(runner)
         finally:
-            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1):
                 loop.remove_signal_handler(sig)
             await self._kill_all()
             await shared.stop()
@@ -208,6 +221,10 @@ class Supervisor:
                 await self._kill_all()
 
     def _on_signal(self, sig: signal.Signals) -> None:
+        if sig == signal.SIGUSR1:
+            log.info("SIGUSR1: passing it on (each worker reopens its access log)")
+            self._send_all(signal.SIGUSR1)
+            return
         if sig == signal.SIGHUP:
             if self.stopping:
                 log.info("SIGHUP while stopping: ignored")
@@ -353,6 +370,13 @@ class Supervisor:
                     await asyncio.wait_for(process.wait(), 5)
                 log.error("worker %d (pid %d) killed", worker.index, process.pid)
 
+    def _own_metrics(self) -> list[Metric]:
+        """What the supervisor exports for the whole balancer: its reloads, its probes."""
+        families = [reload_family(self.reloads_ok, self.reloads_failed)]
+        if self.shared is not None:
+            families += health_families(self.shared.checker)
+        return families
+
     async def _send(self, peer: Peer, body: bytes) -> bool:
         """Shared state to one worker (its peer events route); False if it did not take it."""
         worker = self.workers[peer.index]
@@ -372,9 +396,19 @@ class Supervisor:
                 return 400, {"reloaded": False, "problems": list(problems)}
             config, problems = await reread(self.path, self.overrides, self.config)
             if config is None:
+                self.reloads_failed += 1
+                log.warning(
+                    "reload refused, the old config keeps serving:\n  %s", "\n  ".join(problems)
+                )
                 return 400, {"reloaded": False, "problems": list(problems)}
             status, body = await self.admin.reload_all()
-            if status == 200:
+            if status != 200:
+                self.reloads_failed += 1
+                refusal = body.get("problems") or [body.get("error", "")]
+                log.warning("reload refused by a worker:\n  %s", "\n  ".join(map(str, refusal)))
+            else:
+                self.reloads_ok += 1
+                log.info("reloaded %s in every worker: %s", self.path, body.get("backends"))
                 self.config = config
                 self.admin.config = config
                 assert self.shared is not None
@@ -382,14 +416,7 @@ class Supervisor:
             return status, body
 
     async def _reload_logged(self) -> None:
-        status, body = await self.reload()
-        if status == 200:
-            log.info("reloaded %s in every worker", self.path)
-        else:
-            problems = body.get("problems") or [body.get("error", "")]
-            log.warning(
-                "reload refused, the old config keeps serving:\n  %s", "\n  ".join(problems)
-            )
+        await self.reload()
 
     def _announce(self, runner: web.BaseRunner) -> None:
         """The lines one process prints, once, for the whole balancer."""
@@ -400,12 +427,11 @@ class Supervisor:
         for backend in self.config.backends:
             print(f"backend {backend.name} {backend.url} weight {backend.weight}")
         sys.stdout.flush()
-        log.info(
-            "%d workers serving %s, admin on %s",
-            len(self.workers),
-            ", ".join(_url(sock.getsockname()) for sock in self.sockets),
-            ", ".join(_url(address) for address in runner.addresses),
-        )
+        listeners = [("proxy", _url(sock.getsockname())) for sock in self.sockets]
+        listeners += [("admin", _url(address)) for address in runner.addresses]
+        store = "redis" if self.config.redis.url else "memory"
+        log_start(self.config, store, listeners)
+        log.info("%d workers serving", len(self.workers))
 
 
 def supervise(

@@ -13,13 +13,13 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, Protocol
 
 import aiohttp
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from balancer import __version__
 from balancer.admin import ENDPOINTS, MODES, json_errors, refuse_foreign_origins
@@ -183,6 +183,8 @@ def make_supervisor_app(
     *,
     clock: Callable[[], float] = time.monotonic,
     sampler: Sampler | None = None,
+    own_metrics: Callable[[], Iterable[Metric]] = tuple,
+    own_status: Callable[[], dict[str, Any]] = dict,
     alerts: AlertService | None = None,
 ) -> web.Application:
     started = clock()
@@ -201,6 +203,7 @@ def make_supervisor_app(
             )
         merged = merge_status(list(statuses.values()))
         merged["uptime_seconds"] = round(clock() - started, 3)
+        merged.update(own_status())  # what the supervisor holds for all (its reload counts)
         merged["workers"] = workers
         return web.json_response(merged)
 
@@ -216,7 +219,7 @@ def make_supervisor_app(
             restarts.add_metric([str(w.index)], w.restarts)
         firing = () if alerts is None else (alerts.engine.family(),)  # the supervisor's alone
         try:
-            body = merge_metrics(texts, extra=(up, restarts, *firing))
+            body = merge_metrics(texts, extra=(up, restarts, *own_metrics(), *firing))
         except ValueError as exc:  # a worker's text that does not parse: a bug, said so
             return web.json_response({"error": f"cannot merge the metrics: {exc}"}, status=502)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})

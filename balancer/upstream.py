@@ -41,6 +41,41 @@ class ResponseHead(NamedTuple):
 class UpstreamConnection(asyncio.Protocol):
     """One connection to a backend; its state is per response, reset by `send_head`."""
 
+    # Slots: 30 attributes are past what CPython 3.11 keeps inline in an instance (29), which
+    # would give every instance a real dict and every attribute access a slower lookup.
+    __slots__ = (
+        "_answered",
+        "_body",
+        "_buffered",
+        "_busy",
+        "_drain_waiter",
+        "_error",
+        "_head",
+        "_informational",
+        "_last_read",
+        "_loop",
+        "_parser",
+        "_pool",
+        "_raw_headers",
+        "_reading_paused",
+        "_reason",
+        "_skip_body",
+        "_timer",
+        "_tunnel",
+        "_until_eof",
+        "_waiter",
+        "_waiting",
+        "_writing_paused",
+        "complete",
+        "idle_since",
+        "on_drained",
+        "reported_load",
+        "reusable",
+        "reused",
+        "transport",
+        "upgraded_tail",
+    )
+
     def __init__(self, pool: UpstreamPool) -> None:
         self._pool = pool
         self._loop = pool.loop

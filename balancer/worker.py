@@ -153,6 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     # SIGHUP before serve() takes it over would kill us (its default action); the supervisor
     # passes every SIGHUP on, whenever it comes.
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)  # the same: its default would end us
     start = read_start(sys.stdin.buffer)
     config = start.config
     _setup_logging(config.log_level)

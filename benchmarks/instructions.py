@@ -69,6 +69,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--duration", type=float, default=10, help="seconds counted per proxy")
     ap.add_argument("--only", default="balancer,naive")
     ap.add_argument("--keep", help="copy the callgrind files here (for callgrind_annotate)")
+    ap.add_argument(
+        "--extra",
+        default="",
+        help="YAML added to the balancer's config, e.g. \"access_log: {format: json, path: "
+        "/tmp/access.log}\" (the cost of a feature: the same run with and without it)",
+    )
     args = ap.parse_args(argv)
     missing = [t for t in ("valgrind", "callgrind_control", "wrk") if not shutil.which(t)]
     if missing:
@@ -86,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
             for name in names:
                 if name == "balancer":
                     cfg = procs.tmp / "balancer.yaml"
-                    cfg.write_text(run.balancer_yaml(backends))
+                    cfg.write_text(run.balancer_yaml(backends) + args.extra + "\n")
                     argv_ = [run.venv_python(), "-m", "balancer", "-c", str(cfg)]
                     results[name] = count(procs, name, argv_, None, args.duration)
                 elif name == "naive":

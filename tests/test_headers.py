@@ -8,6 +8,7 @@ from balancer.errors import BadRequest
 from balancer.headers import (
     connection_tokens,
     content_length,
+    names_more_fields,
     request_body_framing,
     request_head,
 )
@@ -299,3 +300,22 @@ def test_connection_tokens(raw: Raw, expected: frozenset[bytes]) -> None:
 )
 def test_content_length(raw: Raw, expected: int | None) -> None:
     assert content_length(raw) == expected
+
+
+@pytest.mark.parametrize(
+    ("value", "more"),
+    [
+        (b"keep-alive", False),
+        (b"Keep-Alive", False),
+        (b" keep-alive ", False),
+        (b"upgrade", False),
+        (b"keep-alive, Upgrade", False),
+        (b"close", True),
+        (b"keep-alive, X-Private", True),
+        (b"x-private", True),
+        (b"", False),
+        (b" , ", False),
+    ],
+)
+def test_names_more_fields(value: bytes, more: bool) -> None:
+    assert names_more_fields(value) is more

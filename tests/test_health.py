@@ -80,7 +80,7 @@ async def test_a_probe_that_raises_is_a_failed_probe_and_probing_goes_on(
     checker.start()
     try:
         await eventually(lambda: backend.health == "unhealthy")  # fall: 2 failures counted
-        await eventually(lambda: checker.failed_probes["b0"] >= 10)  # and probing went on
+        await eventually(lambda: checker.stats["b0"].results["fail"] >= 10)  # probing went on
         assert not any(task.done() for task in checker._tasks.values())
     finally:
         await checker.stop()

@@ -78,6 +78,12 @@ async def exchange(
 # -- keep-alive --------------------------------------------------------------------------------
 
 
+def test_a_connection_has_no_instance_dict() -> None:
+    # Its attributes are read on every request: past 29 of them CPython 3.11 gives an
+    # instance a real dict and each access a slower lookup; slots keep them fast.
+    assert UpstreamConnection.__dictoffset__ == 0
+
+
 async def test_a_clean_keep_alive_response_pools_the_connection_for_reuse(
     make_pool: MakePool,
 ) -> None:

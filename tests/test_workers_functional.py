@@ -298,3 +298,21 @@ async def test_a_reload_reaches_every_worker_and_a_restarted_one_reads_the_reloa
             assert response.status == 400
             assert "unknown strategy 'fastest'" in "\n".join((await response.json())["problems"])
     assert [b["name"] for b in (await status(balancer))["backends"]] == ["added", "b0"]
+
+
+async def test_the_start_block_and_each_reload_are_logged_once_for_the_whole_balancer(
+    backends: list[Backend], balancer_factory: StartBalancer
+) -> None:
+    balancer = await balancer_factory([b.url for b in backends], WORKERS)
+    async with aiohttp.ClientSession() as client:
+        async with client.post(balancer.admin_url + "/reload") as response:
+            assert response.status == 200
+    lines = balancer.stderr().splitlines()
+    info = [line.split(" INFO ", 1)[1] for line in lines if " INFO " in line]
+    starts = [line for line in info if ": balancer " in line and "strategy" in line]
+    assert len(starts) == 1 and starts[0].startswith("balancer: "), starts  # the supervisor's
+    assert sum("backend b0 http" in line for line in info) == 1
+    reloads = [line for line in info if "reloaded" in line]
+    assert len(reloads) == 1 and reloads[0].startswith("balancer.supervisor: reloaded"), reloads
+    # The workers' own lines are still there, at DEBUG, for whoever wants them.
+    assert sum(" DEBUG balancer.control[" in line and "reloaded" in line for line in lines) == 2

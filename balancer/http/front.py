@@ -153,27 +153,30 @@ class FrontHandler(LeanRequestHandler):
         """Heads were parsed (or refused by the parser): check what the parser does not."""
         self._stop_head_timer()
         messages = self._messages
-        fresh = self._head_start is data  # this read began at a message boundary
+        head_start = self._head_start  # `is data`: this read began at a message boundary
         over = self._head_bytes + len(data) > self._limits.max_head
-        head_start = self._head_start
         self._head_bytes = 0
         self._head_start = b""
-        self._last_payload = None
         if not messages:
+            self._last_payload = None
             return
-        message = messages[-1][0]
+        message, payload = messages[-1]
         if isinstance(message, _ErrInfo):
+            self._last_payload = None
             line_limit = self._limits.max_request_line + 2
             self._line_ended = b"\n" in head_start[:line_limit]
-            if fresh and message.message.startswith("Data after `Connection: close`"):
+            if head_start is data and message.message.startswith("Data after `Connection: close`"):
                 self._answer_before_close(data)
             return
         if over:
+            self._last_payload = None
             self._refuse_large_heads(parsed)
+            payload = messages[-1][1]
         if parsed > 1 or message.chunked or message.upgrade:
-            self._inspect(data, parsed, fresh)
+            self._last_payload = None
+            self._inspect(data, parsed, head_start is data)
             return
-        payload = messages[-1][1]
+        # The one head of a plain request, the common case: only its body to remember.
         self._last_payload = payload if payload is not EMPTY_PAYLOAD else None
 
     def _refuse_large_heads(self, parsed: int) -> None:
@@ -334,6 +337,10 @@ _PHRASES = {400: "Bad Request", 414: "URI Too Long", 431: "Request Header Fields
 
 class FrontServer(web.Server):
     """aiohttp's low-level server, making `FrontHandler`s."""
+
+    #: Called with (request, answer or None if it was cut) after each request, when set (the
+    #: access log); read per request, so setting it applies to open connections too.
+    answered: Any = None
 
     def __init__(
         self,

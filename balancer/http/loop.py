@@ -126,6 +126,7 @@ class LeanRequestHandler(RequestHandler):
         loop = self._loop
         manager = self._manager
         assert manager is not None
+        server: Any = manager  # a FrontServer: its `answered` hook
         keepalive_timeout = self._keepalive_timeout
         resp: Any = None
         # One writer serves every request of the connection until aiohttp writes a response
@@ -165,11 +166,14 @@ class LeanRequestHandler(RequestHandler):
                 writer,
                 self._task_handler or asyncio.current_task(loop),  # type: ignore[arg-type]
             )
+            resp = None
             try:
                 try:
                     resp, reset = await self._handle_request(request, start, request_handler)
                 except ConnectionError:
                     break
+                if server.answered is not None:  # the access log (FrontServer.answered)
+                    server.answered(request, resp)
                 if reset:
                     break
                 if type(resp) is not Sent:
@@ -182,6 +186,8 @@ class LeanRequestHandler(RequestHandler):
 
             except asyncio.CancelledError:
                 self.force_close()
+                if server.answered is not None and resp is None:
+                    server.answered(request, None)  # cut before its answer: a 499
                 raise
             except Exception as exc:
                 self.log_exception("Unhandled exception", exc_info=exc)

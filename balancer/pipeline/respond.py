@@ -59,12 +59,15 @@ def respond_now(
         length_for_head=body is None and status != 204,  # HEAD and 304 keep it
         extra=extra,
     )
+    sent = 0
     if body is not None:
         transport.writelines((head, body))
+        sent = len(body)
+        backend.bytes_out += sent
     else:
         transport.write(head)
     record(backend, status, started)
-    return Sent(status, keep_alive)
+    return Sent(status, keep_alive, sent)
 
 
 async def stream(
@@ -107,10 +110,12 @@ async def stream(
         )
     )
     writer = request.writer
+    sent = 0
     try:
         while data := await conn.read_chunk():
             if transport.is_closing():
                 raise ClientGone()
+            sent += len(data)
             if chunked:
                 transport.writelines(chunk(data))
             else:
@@ -143,8 +148,9 @@ async def stream(
     else:
         if chunked:
             transport.write(CHUNKED_END)
+    backend.bytes_out += sent
     record(backend, status, started)
-    return Sent(status, keep_alive)
+    return Sent(status, keep_alive, sent)
 
 
 def answer_error(

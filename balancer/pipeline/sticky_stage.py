@@ -32,15 +32,22 @@ async def sticky_plan(rt: Runtime, request: web.BaseRequest) -> StickyPlan:
     sticky = rt.sticky
     assert sticky is not None
     key = sticky.key(request)
+    counts = sticky.counts
     if key is None:
         if sticky.mode != "cookie":
             return StickyPlan(None, None, None)
         key, cookie = sticky.new_cookie()  # a new client: it gets the cookie
+        counts.new += 1
         return StickyPlan(key, None, cookie)
     name = await sticky.store.get(key)
-    pinned = rt.pool.by_name(name) if name is not None else None
-    if pinned is not None and (not pinned.takes_sticky or pinned.full):
-        pinned = None  # re-pinned to whatever the strategy picks (SPEC §2)
+    if name is None:
+        counts.miss += 1
+        return StickyPlan(key, None, None)
+    pinned = rt.pool.by_name(name)
+    if pinned is None or not pinned.takes_sticky or pinned.full:
+        counts.repin += 1
+        return StickyPlan(key, None, None)  # re-pinned to what the strategy picks (SPEC §2)
+    counts.hit += 1
     return StickyPlan(key, pinned, None)
 
 

@@ -24,8 +24,9 @@ CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 async def upload(
     rt: Runtime, request: web.BaseRequest, conn: UpstreamConnection, framing: bytes
-) -> None:
-    """Stream the client's body to the backend, re-framed as the head announced.
+) -> int:
+    """Stream the client's body to the backend, re-framed as the head announced; returns the
+    body bytes it sent.
 
     Failures are translated here: a client that stalls longer than timeouts.client_body
     gets 408, a chunked body over limits.max_body 413, a malformed one 400 (aiohttp's
@@ -60,10 +61,11 @@ async def upload(
     if chunked:
         await conn.write(b"0\r\n\r\n")
     conn.request_sent()
+    return received
 
 
 async def head_or_upload_failure(
-    conn: UpstreamConnection, upload: asyncio.Task[None]
+    conn: UpstreamConnection, upload: asyncio.Task[int]
 ) -> ResponseHead:
     """The response head, while the body is still going up; or the upload's own failure.
 
@@ -91,6 +93,6 @@ async def head_or_upload_failure(
                 await head
 
 
-def completed(upload: asyncio.Task[None]) -> bool:
+def completed(upload: asyncio.Task[int]) -> bool:
     """Whether the whole body went up: only then may the connection serve another request."""
     return upload.done() and not upload.cancelled() and upload.exception() is None

@@ -39,9 +39,24 @@ def _too_long(value: str) -> bool:
     return not value.isascii() and len(value.encode("utf-8", "surrogateescape")) > MAX_KEY_BYTES
 
 
+class StickyCounts:
+    """Sticky lookups since start, by outcome (balancer_sticky_lookups_total): `hit` pinned
+    and the pin can take it, `miss` a key the store does not know, `repin` a pin that cannot
+    take it (gone, down, full), `new` a new client given a cookie. Outlives reloads."""
+
+    __slots__ = ("hit", "miss", "new", "repin")
+
+    def __init__(self) -> None:
+        self.hit = self.miss = self.repin = self.new = 0
+
+
 class Sticky:
     def __init__(
-        self, config: StickyConfig, store: SessionStore, signer: CookieSigner | None = None
+        self,
+        config: StickyConfig,
+        store: SessionStore,
+        signer: CookieSigner | None = None,
+        counts: StickyCounts | None = None,
     ) -> None:
         if config.mode == "cookie" and signer is None:
             raise ValueError("cookie mode needs a CookieSigner")
@@ -51,6 +66,7 @@ class Sticky:
         self.ttl = config.ttl
         self.store = store
         self.signer = signer
+        self.counts = counts if counts is not None else StickyCounts()
         self._prefix = f"{self.mode}:"
         self.own_cookie = config.cookie.encode("latin-1") if self.mode == "cookie" else None
         self._own_pair = f"{config.cookie}=".encode("latin-1")

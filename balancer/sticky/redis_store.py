@@ -28,6 +28,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
+from balancer.histogram import Histogram
 from balancer.sticky.store import MemoryStore
 
 log = logging.getLogger("balancer.sticky")
@@ -76,18 +77,22 @@ class RedisStore:
         self._reconnect: asyncio.Task[None] | None = None
         self._keeper: asyncio.Task[None] | None = None
         self.errors_total = 0
+        self.calls = Histogram()  # the request path's Redis calls (get, set), failed ones too
 
     async def get(self, key: str) -> str | None:
         if (backend := self._near.get_now(key)) is not None:
             return backend
         if not self.available:
             return self.copy.get_now(key)
+        began = time.monotonic()
         try:
             async with asyncio.timeout(self.call_timeout):
                 value = await self._redis.getex(self.namespace + key, px=self._ttl_ms)
         except (RedisError, OSError, TimeoutError) as exc:
             self._lost(exc)
             return self.copy.get_now(key)
+        finally:
+            self.calls.record(time.monotonic() - began)
         if not isinstance(value, str):
             held = self.copy.get_now(key)  # ours but not Redis': it lost it (restarted empty)
             return None if held is None else await self._write_back(key, held)
@@ -117,11 +122,14 @@ class RedisStore:
         self.copy.set_now(key, backend)
         if not self.available:
             return
+        began = time.monotonic()
         try:
             async with asyncio.timeout(self.call_timeout):
                 await self._redis.set(self.namespace + key, backend, px=self._ttl_ms)
         except (RedisError, OSError, TimeoutError) as exc:
             self._lost(exc)
+        finally:
+            self.calls.record(time.monotonic() - began)
 
     async def connect(self) -> None:
         """Check Redis at start; when it is down, retry in the background (never block)."""
