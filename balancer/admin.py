@@ -13,6 +13,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from balancer import __version__, dashboard
 from balancer.admin_auth import Middleware, require_token
+from balancer.alerts import DISABLED, AlertsCollector, AlertService
 from balancer.backend import Backend, Mode
 from balancer.control import Control
 from balancer.metrics import exposition, make_registry
@@ -115,6 +116,7 @@ ENDPOINTS = (
     ("GET", "/status", "JSON: strategy, sticky store, every backend's state and counters"),
     ("GET", "/metrics", "Prometheus text format"),
     ("GET", "/series", "the last five minutes of traffic per backend, every 2 s"),
+    ("GET", "/alerts", "JSON: the alerts firing now and those resolved recently"),
     ("GET", "/health/live", "200 while the process runs"),
     ("GET", "/health/ready", "200 when at least one backend is routable, else 503"),
     ("POST", "/backends/{name}/drain", "no new requests but existing sticky sessions"),
@@ -240,12 +242,15 @@ def make_admin_app(
     clock: Callable[[], float] = time.monotonic,
     peer: bool = False,
     sampler: Sampler | None = None,
+    alerts: AlertService | None = None,
 ) -> web.Application:
     """The admin API (SPEC §3). `peer`: a worker's app, on its private Unix socket, which also
     takes the supervisor's health and breaker events (peer_link) and gives it its counters
-    (`/totals`, which the supervisor's sampler sums)."""
+    (`/totals`, which the supervisor's sampler sums); it has no /alerts (its supervisor's)."""
     started = clock()
     registry = make_registry(control, peer=peer)
+    if alerts is not None:
+        registry.register(AlertsCollector(alerts.engine))
 
     async def get_status(request: web.Request) -> web.Response:
         return web.json_response(status(control, clock() - started))
@@ -342,11 +347,16 @@ def make_admin_app(
         return web.json_response(sampler.series() if sampler is not None else {})
 
     app.router.add_get("/sticky", sticky_table)
+
+    async def get_alerts(request: web.Request) -> web.Response:
+        return web.json_response(alerts.as_json() if alerts is not None else DISABLED)
+
     if peer:
         app.router.add_post("/peer/events", peer_events)
         app.router.add_get("/totals", totals)
     else:
         app.router.add_get("/series", series)
+        app.router.add_get("/alerts", get_alerts)
         dashboard.add_routes(app, index)
     app.router.add_post("/reload", reload)
     app.router.add_route("*", "/backends/{name}/{action}", set_mode)

@@ -16,21 +16,27 @@ from collections.abc import Mapping
 from balancer.config_checks import (
     HASH_SOURCES,
     LOG_LEVELS,
+    SEVERITIES,
     STICKY_MODES,
     STRATEGY_NAMES,
     Address,
+    shown_url,
 )
 from balancer.config_sections import (
+    ALERT_RULES,
     KB,
     MB,
     AccessLogConfig,
     AdaptiveWeights,
     AdminConfig,
+    AlertRuleConfig,
+    AlertsConfig,
     BackendConfig,
     CacheConfig,
     CircuitBreakerConfig,
     CompressionConfig,
     Config,
+    CooldownConfig,
     HashConfig,
     HealthCheckConfig,
     LimitsConfig,
@@ -51,23 +57,28 @@ from balancer.durations import format_duration, format_size, parse_duration, par
 from balancer.inactive import inactive
 
 __all__ = [
+    "ALERT_RULES",
     "HASH_SOURCES",
     "KB",
     "LOG_LEVELS",
     "MB",
     "SEVERAL_WORKERS_STICKY",
+    "SEVERITIES",
     "STICKY_MODES",
     "STRATEGY_NAMES",
     "AccessLogConfig",
     "AdaptiveWeights",
     "Address",
     "AdminConfig",
+    "AlertRuleConfig",
+    "AlertsConfig",
     "BackendConfig",
     "CacheConfig",
     "CircuitBreakerConfig",
     "CompressionConfig",
     "Config",
     "ConfigError",
+    "CooldownConfig",
     "HashConfig",
     "HealthCheckConfig",
     "LimitsConfig",
@@ -125,5 +136,15 @@ def summary(config: Config) -> str:
         lines.append(f"cache on, {format_size(config.cache.max_memory)} in memory")
     if config.compression.enabled and "compression" not in keys:
         lines.append(f"compression on, from {format_size(config.compression.min_size)}")
+    lines.append(_alerts_line(config))
     lines.extend(entry.notice for entry in pending)
     return "\n".join(lines)
+
+
+def _alerts_line(config: Config) -> str:
+    alerts = config.alerts
+    if not alerts.enabled:
+        return "alerts off"
+    rules = ", ".join(rule.name for rule in alerts.rules) or "no rules"
+    webhook = f", webhook {shown_url(alerts.webhook)}" if alerts.webhook else ""
+    return f"alerts every {format_duration(alerts.interval)}: {rules}{webhook}"

@@ -13,6 +13,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 import yaml
 
@@ -279,3 +280,76 @@ secret = admin_token  # text, or empty when null
 
 def optional_token(value: Any) -> str | None:
     return None if value is None else token(value)
+
+
+# --- alerts (SPEC §2 `alerts`, §6) ---------------------------------------------------------
+
+SEVERITIES = ("low", "medium", "high", "critical")
+# The traffic the alert rules judge is window.py's samples: one every 2 s, the last 5 minutes
+# kept (window.INTERVAL, window.HISTORY; config cannot import window, tests check they agree).
+ALERT_WINDOW_MIN, ALERT_WINDOW_MAX = 2.0, 300.0
+# Each evaluation reads every backend's state (with workers: asks every worker for /status).
+ALERT_INTERVAL_MIN = 0.1
+
+severity = choice("severity", SEVERITIES, "severity")
+
+
+def alert_interval(value: Any) -> float:
+    seconds = POSITIVE(value)
+    if seconds < ALERT_INTERVAL_MIN:
+        raise ValueError(
+            f"must be at least {ALERT_INTERVAL_MIN * 1000:g}ms (each evaluation reads every "
+            f"backend's state), got {value!r}"
+        )
+    return seconds
+
+
+def alert_window(value: Any) -> float:
+    """`over`: the traffic judged, within what window.py keeps and no shorter than a sample."""
+    seconds = DURATION(value)
+    if seconds > ALERT_WINDOW_MAX:
+        raise ValueError(
+            f"must be at most 5m (the traffic kept is the last five minutes), got {value!r}"
+        )
+    if seconds < ALERT_WINDOW_MIN:
+        raise ValueError(
+            f"must be at least {ALERT_WINDOW_MIN:g}s (traffic is sampled every "
+            f"{ALERT_WINDOW_MIN:g}s), got {value!r}"
+        )
+    return seconds
+
+
+def latency(value: Any) -> float:
+    """A latency threshold: a duration (`1s`, `250ms`, or bare seconds), 0 or more."""
+    return DURATION(value)
+
+
+ratio = number(0, 1)
+
+
+def webhook(value: Any) -> str:
+    """An http:// or https:// URL to POST alerts to, or "" for none."""
+    if value is None or value == "":
+        return ""
+    url = text(value).strip()
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 (a port out of range raises here)
+    except ValueError:
+        raise ValueError(f"not a valid URL, got {url!r}") from None
+    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"must be an http:// or https:// URL, got {url!r}")
+    if parts.fragment or "#" in url:
+        raise ValueError(f"a fragment is never sent: remove it, got {url!r}")
+    return url
+
+
+def shown_url(url: str) -> str:
+    """A webhook URL as logs and summaries show it: scheme://host[:port]/... with nothing of
+    its credentials, path or query, which may hold a secret."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    host = f"[{host}]" if ":" in host else host
+    port = f":{parts.port}" if parts.port else ""
+    rest = "/..." if parts.path.strip("/") or parts.query else ""
+    return f"{parts.scheme}://{host}{port}{rest}"

@@ -176,6 +176,55 @@ class CompressionConfig:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class AlertRuleConfig:
+    """One rule of `alerts.rules` (SPEC §2): its name (alerts.py's rule of that name judges
+    it), its severity, and for the threshold rules the threshold and the window judged."""
+
+    name: str
+    severity: str
+    above: float | None = None  # error_ratio: a ratio 0..1; latency_p95/p99: seconds
+    over: float | None = None  # seconds of traffic judged (at most window.HISTORY)
+
+
+# SPEC §2's rules and their defaults, in the order /alerts and the README list them. A rule
+# with `above` takes `above` and `over` in the file; the others take only `severity`.
+ALERT_RULES: tuple[AlertRuleConfig, ...] = (
+    AlertRuleConfig("backend_down", "critical"),
+    AlertRuleConfig("no_backend", "critical"),
+    AlertRuleConfig("breaker_open", "high"),
+    AlertRuleConfig("error_ratio", "high", 0.05, 60.0),
+    AlertRuleConfig("latency_p95", "medium", 1.0, 60.0),
+    AlertRuleConfig("latency_p99", "medium", 2.0, 60.0),
+    AlertRuleConfig("store_down", "medium"),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class CooldownConfig:
+    """Per severity: a new `firing` of the same rule and backend within this long of the
+    previous one sent waits until it has passed (SPEC §6)."""
+
+    low: float = field(default=300.0, metadata=_rule(checks.DURATION))
+    medium: float = field(default=180.0, metadata=_rule(checks.DURATION))
+    high: float = field(default=60.0, metadata=_rule(checks.DURATION))
+    critical: float = field(default=30.0, metadata=_rule(checks.DURATION))
+
+
+@dataclass(frozen=True, slots=True)
+class AlertsConfig:
+    enabled: bool = field(default=True, metadata=_rule(checks.boolean))
+    interval: float = field(default=10.0, metadata=_rule(checks.alert_interval))
+    # The rules that are on, each with its settings (`off` drops one): walked by config_walk.
+    rules: tuple[AlertRuleConfig, ...] = field(default=ALERT_RULES, metadata=_walked())
+    # May carry a secret (a token in its path or query): never shown in full (repr, logs).
+    webhook: str = field(default="", repr=False, metadata=_text_rule(checks.webhook))
+    cooldown: CooldownConfig = field(default_factory=CooldownConfig)
+
+    def rule(self, name: str) -> AlertRuleConfig | None:
+        return next((rule for rule in self.rules if rule.name == name), None)
+
+
 ACCESS_LOG_FORMATS = ("off", "text", "json")
 
 
@@ -218,6 +267,8 @@ class Config:
     cache: CacheConfig = field(default_factory=CacheConfig)
     compression: CompressionConfig = field(default_factory=CompressionConfig)
     access_log: AccessLogConfig = field(default_factory=AccessLogConfig)
+    # Evaluated in process, shown at GET /alerts (SPEC §2, §6; alerts.py).
+    alerts: AlertsConfig = field(default_factory=AlertsConfig)
     source: str = "<string>"  # the file it was read from
     # Where the file sets each key (key path -> line), for the warnings that point at one.
     lines: Mapping[str, int] = field(default_factory=dict, compare=False, repr=False)

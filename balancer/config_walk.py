@@ -22,7 +22,9 @@ import yaml
 
 from balancer import config_checks as checks
 from balancer.config_sections import (
+    ALERT_RULES,
     AdaptiveWeights,
+    AlertRuleConfig,
     BackendConfig,
     Config,
     HashConfig,
@@ -94,8 +96,11 @@ def _is_null(node: yaml.Node) -> bool:
     return isinstance(node, yaml.ScalarNode) and node.tag == _NULL_TAG
 
 
-def _fields(walk: _Walk, node: yaml.Node, path: str, table: Mapping[str, Convert]) -> _Fields:
-    """Convert a mapping's values by `table`; report unknown, duplicate and non-text keys."""
+def _fields(
+    walk: _Walk, node: yaml.Node, path: str, table: Mapping[str, Convert], noun: str = "key"
+) -> _Fields:
+    """Convert a mapping's values by `table`; report unknown, duplicate and non-text keys
+    (an unknown one as an unknown `noun`)."""
     out = _Fields({}, {})
     if not isinstance(node, yaml.MappingNode):
         got = checks.describe(_value(walk, node, path))
@@ -114,7 +119,7 @@ def _fields(walk: _Walk, node: yaml.Node, path: str, table: Mapping[str, Convert
         first_line[key] = key_node.start_mark.line + 1
         if key not in table:
             hint = checks.suggest(key, list(table)) or f" (valid: {', '.join(table)})"
-            walk.problem(path, f"unknown key '{key}'{hint}", key_node)
+            walk.problem(path, f"unknown {noun} '{key}'{hint}", key_node)
             continue
         out.nodes[key] = value_node
         walk.lines[_join(path, key)] = value_node.start_mark.line + 1
@@ -341,7 +346,61 @@ def _adaptive(walk: _Walk, node: yaml.Node, path: str) -> Any:
     return fields.values.get("weights", AdaptiveWeights())
 
 
-_WALKED: dict[str, Convert] = {"backends": _backends, "adaptive": _adaptive}
+# The threshold of each rule that has one (its `above` and `over` keys): a ratio or seconds.
+_THRESHOLDS: dict[str, Callable[[Any], float]] = {
+    "error_ratio": checks.ratio,
+    "latency_p95": checks.latency,
+    "latency_p99": checks.latency,
+}
+
+
+def _alert_rule(default: AlertRuleConfig) -> Convert:
+    """One rule of alerts.rules: a mapping of its settings over its defaults, null for the
+    defaults, or `off` (quoted or bare: read as text) to drop it (None)."""
+    table: dict[str, Convert] = {"severity": _scalar(checks.severity, text=True)}
+    if default.name in _THRESHOLDS:
+        table["above"] = _scalar(_THRESHOLDS[default.name])
+        table["over"] = _scalar(checks.alert_window)
+
+    def convert(walk: _Walk, node: yaml.Node, path: str) -> Any:
+        if _is_null(node):
+            return default
+        if isinstance(node, yaml.ScalarNode) and node.value == "off":
+            return None
+        if not isinstance(node, yaml.MappingNode):
+            got = checks.describe(_value(walk, node, path))
+            example = "{above: 0.05, over: 1m, severity: high}" if len(table) > 1 else ""
+            example = example or "{severity: critical}"
+            walk.problem(path, f"expected a mapping such as {example}, or off; got {got}", node)
+            return _BAD
+        before = len(walk.problems)
+        fields = _fields(walk, node, path, table)
+        if len(walk.problems) > before:
+            return _BAD
+        return dataclasses.replace(default, **fields.values)
+
+    return convert
+
+
+def _alert_rules(walk: _Walk, node: yaml.Node, path: str) -> Any:
+    """alerts.rules: SPEC §2's rules, each as the file sets it (the others at their defaults),
+    those set to off dropped; an unknown rule name is a problem, with a suggestion."""
+    if _is_null(node):
+        return ALERT_RULES
+    table = {rule.name: _alert_rule(rule) for rule in ALERT_RULES}
+    before = len(walk.problems)
+    fields = _fields(walk, node, path, table, noun="rule")
+    if len(walk.problems) > before:
+        return _BAD
+    chosen = (fields.values.get(rule.name, rule) for rule in ALERT_RULES)
+    return tuple(rule for rule in chosen if rule is not None)
+
+
+_WALKED: dict[str, Convert] = {
+    "backends": _backends,
+    "adaptive": _adaptive,
+    "rules": _alert_rules,
+}
 
 
 # --- the entry point ---------------------------------------------------------------------

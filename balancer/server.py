@@ -15,7 +15,9 @@ from aiohttp import web
 
 from balancer import __version__
 from balancer.access_log import AccessLog
-from balancer.admin import MODES, make_admin_app
+from balancer.admin import MODES, make_admin_app, status
+from balancer.alert_webhook import Webhook
+from balancer.alerts import AlertService, View, view_of
 from balancer.config import Address, Config
 from balancer.control import Control
 from balancer.fdlimit import raise_fd_limit
@@ -158,8 +160,9 @@ async def serve(
             return local_snapshot(registry.backends.values(), registry.unrouted)
 
         sampler = Sampler(totals)
+    alerts = None if sampler is None else _alerts(control, sampler)  # a worker's: none
     admin_runner = AdminRunner(  # the front's head deadline and limits (SPEC §4)
-        make_admin_app(control, peer=joining is not None, sampler=sampler),
+        make_admin_app(control, peer=joining is not None, sampler=sampler, alerts=alerts),
         limits=config.limits,
         timeouts=config.timeouts,
         handle_signals=False,
@@ -192,6 +195,8 @@ async def serve(
             health.start()
         if sampler is not None:
             sampler.start()
+        if alerts is not None:
+            alerts.start()
         access.start()
         # What start-up made lives as long as the process: out of the collector's way, so its
         # collections (set off by the request path's allocations) scan only what is young.
@@ -223,6 +228,8 @@ async def serve(
             await health.stop()
         if sampler is not None:
             await sampler.stop()
+        if alerts is not None:
+            await alerts.stop()
         if link is not None:
             await link.close()
         await admin_runner.cleanup()
@@ -231,6 +238,17 @@ async def serve(
         registry.close()
     log.info("stopped")
     return 1 if interrupted else 0
+
+
+def _alerts(control: Control, sampler: Sampler) -> AlertService:
+    """The alerts of one process (SPEC §6): its own /status and sampler, judged every
+    alerts.interval of the running config."""
+
+    async def view() -> View:
+        names = {backend.name for backend in control.config.backends}
+        return view_of(status(control, 0.0), sampler.over, names)
+
+    return AlertService(lambda: control.config.alerts, view, Webhook())
 
 
 def log_start(

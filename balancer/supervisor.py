@@ -32,6 +32,8 @@ from dataclasses import dataclass, field
 from aiohttp import web
 from prometheus_client.core import Metric
 
+from balancer.alert_webhook import Webhook
+from balancer.alerts import AlertService, View, view_of
 from balancer.config import Config
 from balancer.control import reread
 from balancer.http.admin_server import AdminRunner
@@ -130,6 +132,7 @@ class Supervisor:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1):
             loop.add_signal_handler(sig, self.events.put_nowait, sig)
         sampler = Sampler(self.admin.totals)
+        alerts = self._alerts(sampler)
         runner = AdminRunner(
             make_supervisor_app(
                 self.admin,
@@ -139,6 +142,7 @@ class Supervisor:
                 own_status=lambda: {
                     "reloads": {"ok": self.reloads_ok, "failed": self.reloads_failed}
                 },
+                alerts=alerts,
             ),
             limits=self.config.limits,
             timeouts=self.config.timeouts,
@@ -163,6 +167,7 @@ class Supervisor:
             log.info("starting %d workers", len(self.workers))
             shared.start()
             sampler.start()
+            alerts.start()
             for worker in self.workers:
                 await self._spawn(worker)
             await self._dispatch(runner)
@@ -172,6 +177,7 @@ class Supervisor:
             await self._kill_all()
             await shared.stop()
             await sampler.stop()
+            await alerts.stop()
             await self.admin.close()
             await runner.cleanup()
             await peer_runner.cleanup()
@@ -180,6 +186,19 @@ class Supervisor:
             shutil.rmtree(self.directory, ignore_errors=True)
         log.info("stopped")
         return self.status
+
+    def _alerts(self, sampler: Sampler) -> AlertService:
+        """The alerts of the whole balancer (SPEC §6), judged here over the workers' merged
+        /status and the sampler of their summed counters; the workers judge none."""
+
+        async def view() -> View | None:
+            merged = await self.admin.merged_status()
+            if merged is None:  # no worker answers (restarting): judge nothing now
+                return None
+            names = {backend.name for backend in self.config.backends}
+            return view_of(merged, sampler.over, names)
+
+        return AlertService(lambda: self.config.alerts, view, Webhook())
 
     # --- the one loop that decides ----------------------------------------------------------
 

@@ -26,6 +26,7 @@ from balancer import dashboard
 from balancer.admin import MODES, index, json_errors, refuse_foreign_origins
 from balancer.admin_auth import require_token
 from balancer.admin_merge import merge_backend, merge_metrics, merge_status, requests_served
+from balancer.alerts import DISABLED, AlertService
 from balancer.config import Config
 from balancer.window import Sampler, Snapshot, Totals, summed
 
@@ -120,6 +121,16 @@ class WorkerAdmin:
             return 400, {"reloaded": False, "problems": problems, "workers": per_worker}
         return 200, {**views[0][1], "workers": per_worker}
 
+    async def merged_status(self) -> dict[str, Any] | None:
+        """The whole balancer's /status (what the alerts judge), None when no worker answers."""
+        asked = await self.ask_all("GET", "/status")
+        statuses = [
+            body
+            for _, answer in asked
+            if answer is not None and answer[0] == 200 and isinstance(body := _json(answer), dict)
+        ]
+        return merge_status(statuses) if statuses else None
+
     async def totals(self) -> Snapshot:
         """Every worker's counters, summed (for the sampler); a worker that does not answer or
         answers garbage is left out of this sample."""
@@ -185,6 +196,7 @@ def make_supervisor_app(
     sampler: Sampler | None = None,
     own_metrics: Callable[[], Iterable[Metric]] = tuple,
     own_status: Callable[[], dict[str, Any]] = dict,
+    alerts: AlertService | None = None,
 ) -> web.Application:
     started = clock()
 
@@ -216,8 +228,9 @@ def make_supervisor_app(
         )
         for w, _ in asked:
             restarts.add_metric([str(w.index)], w.restarts)
+        firing = () if alerts is None else (alerts.engine.family(),)  # the supervisor's alone
         try:
-            body = merge_metrics(texts, extra=(up, restarts, *own_metrics()))
+            body = merge_metrics(texts, extra=(up, restarts, *own_metrics(), *firing))
         except ValueError as exc:  # a worker's text that does not parse: a bug, said so
             return web.json_response({"error": f"cannot merge the metrics: {exc}"}, status=502)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
@@ -290,9 +303,13 @@ def make_supervisor_app(
     async def series(request: web.Request) -> web.Response:
         return web.json_response(sampler.series() if sampler is not None else {})
 
+    async def get_alerts(request: web.Request) -> web.Response:
+        return web.json_response(alerts.as_json() if alerts is not None else DISABLED)
+
     app.router.add_post("/reload", reload)
     app.router.add_get("/series", series)
     app.router.add_get("/sticky", sticky_table)
+    app.router.add_get("/alerts", get_alerts)
     dashboard.add_routes(app, index)
     app.router.add_route("*", "/backends/{name}/{action}", set_mode)
     app.router.add_get("/status", get_status)

@@ -18,6 +18,7 @@ CALLS = [
     ("GET", "/status"),
     ("GET", "/metrics"),
     ("GET", "/series"),
+    ("GET", "/alerts"),
     ("POST", "/backends/b0/drain"),
     ("POST", "/backends/b0/enable"),
     ("POST", "/backends/nope/drain"),  # 401, not 404: nothing is said without the token

@@ -166,8 +166,9 @@ async def test_the_dashboard_shows_the_backends_and_drains_one_on_a_click(
             legend = await page.evaluate("document.getElementById('legend').textContent")
             assert legend == "allapp1app2app3"
             assert await page.evaluate("document.getElementById('notice').hidden") is True
-            # No /alerts or /sticky yet: their parts stay hidden.
-            assert await page.evaluate("document.getElementById('alerts-section').hidden")
+            # /alerts answers: its part shows (the traffic's 5xx may fire error_ratio); sticky
+            # is off (/sticky 404): its column stays hidden.
+            assert not await page.evaluate("document.getElementById('alerts-section').hidden")
             assert await page.evaluate("document.querySelector('th.sticky-column').hidden")
             png = await page.screenshot()
         assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 10_000
