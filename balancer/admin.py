@@ -16,6 +16,7 @@ from balancer.admin_auth import Middleware, require_token
 from balancer.alerts import DISABLED, AlertsCollector, AlertService
 from balancer.backend import Backend, Mode
 from balancer.control import Control
+from balancer.decisions import SIZE as DECISIONS
 from balancer.metrics import exposition, make_registry
 from balancer.peer_link import BadEvent, apply_events, parse_events
 from balancer.sticky.table import read_table, repin
@@ -116,6 +117,8 @@ ENDPOINTS = (
     ("GET", "/status", "JSON: strategy, sticky store, every backend's state and counters"),
     ("GET", "/metrics", "Prometheus text format"),
     ("GET", "/series", "the last five minutes of traffic per backend, every 2 s"),
+    ("GET", "/decisions", "JSON: the last routing decisions of real requests, newest first"),
+    ("GET", "/sticky", "JSON: the sticky table, counts per backend"),
     ("GET", "/alerts", "JSON: the alerts firing now and those resolved recently"),
     ("GET", "/health/live", "200 while the process runs"),
     ("GET", "/health/ready", "200 when at least one backend is routable, else 503"),
@@ -193,9 +196,9 @@ async def _without_server_header(request: web.Request, response: web.StreamRespo
 MAX_LIMIT = 1000  # /sticky entries at most in one answer
 
 
-def _limit(given: list[str]) -> int:
+def _limit(given: list[str], default: int = 100) -> int:
     if not given:
-        return 100
+        return default
     if len(given) > 1:
         raise ValueError("limit: give it once")
     if not given[0].isdigit() or not 0 <= int(given[0]) <= MAX_LIMIT:
@@ -301,6 +304,15 @@ def make_admin_app(
             body["repinned"] = await _repin(control, backend)
         return web.json_response(body)
 
+    async def decisions(request: web.Request) -> web.Response:
+        try:
+            limit = _limit(request.query.getall("limit", []), default=DECISIONS)
+        except ValueError as exc:
+            return web.json_response({"error": str(exc)}, status=400)
+        proxy = control.proxy
+        assert proxy is not None
+        return web.json_response({"decisions": proxy.decisions.as_json(proxy.clock(), limit)})
+
     async def sticky_table(request: web.Request) -> web.Response:
         runtime = control.runtime
         assert runtime is not None
@@ -347,6 +359,7 @@ def make_admin_app(
         return web.json_response(sampler.series() if sampler is not None else {})
 
     app.router.add_get("/sticky", sticky_table)
+    app.router.add_get("/decisions", decisions)
 
     async def get_alerts(request: web.Request) -> web.Response:
         return web.json_response(alerts.as_json() if alerts is not None else DISABLED)

@@ -230,14 +230,12 @@ class Control:
 
     def _access_log(self, config: Config) -> None:
         """A reload's access_log: format and path; the file is reopened (as on SIGUSR1), and
-        the front calls the access log's hook, or stops, from the next request on."""
+        lines are written, or not, from the next request on."""
         access = self.access
         assert access is not None
         access.configure(config.access_log.format, config.access_log.path)
         if self.proxy is not None:
             self.proxy.access = access if access.on else None
-            if self.front is not None:
-                self.front.answered = self.proxy.answered if access.on else None
 
     def reopen_logs(self) -> None:
         """SIGUSR1: reopen the access log's file (log rotation)."""

@@ -27,6 +27,7 @@ from aiohttp import web
 
 from balancer.access_log import AccessLog
 from balancer.backend import Backend, RequestStats
+from balancer.decisions import Decisions
 from balancer.errors import (
     BadRequest,
     ClientGone,
@@ -34,9 +35,9 @@ from balancer.errors import (
     ProxyError,
 )
 from balancer.headers import origin_form, request_body_framing, request_head, valid_host
-from balancer.http.front import client_address
+from balancer.http.front import client_address, keep_route
 from balancer.http.parser import parsed_message
-from balancer.pipeline.access import ROUTE, Answered
+from balancer.pipeline.access import Answered
 from balancer.pipeline.decision import log_decision
 from balancer.pipeline.forward import forward
 from balancer.pipeline.respond import answer_error
@@ -66,7 +67,8 @@ class Proxy:
         self.clock = clock
         self._record = self._finish  # bound once: the stages call it on every request
         self.access: AccessLog | None = None  # on: the front calls `answered` after each
-        self.answered = Answered(self)
+        self.decisions = Decisions()
+        self.answered = Answered(self, self.decisions)  # the front calls it after each request
         # Decided once: no per-request cost when debug logging is off.
         self.debug = log.isEnabledFor(logging.DEBUG)
         self._valid_host = ""  # the Host of the last request that passed valid_host
@@ -106,8 +108,7 @@ class Proxy:
         key = rt.request_key(request) if rt.request_key is not None else None
         plan = await sticky_plan(rt, request) if sticky is not None else None
         tried: list[Backend] = []
-        if self.access is not None:
-            request[ROUTE] = (started, tried, plan)
+        keep_route(request, (started, tried, plan, rt.config.strategy))
         last_error: ProxyError | None = None
         retrying = False
         try:

@@ -150,7 +150,7 @@ async def serve(
     control.access = access
     proxy.access = access if access.on else None
     front = FrontServer(proxy.handle, limits=config.limits, timeouts=config.timeouts, gate=gate)
-    front.answered = proxy.answered if access.on else None
+    front.answered = proxy.answered  # the decisions ring, and the access log when on
     runner = web.ServerRunner(front, handle_signals=False, shutdown_timeout=config.shutdown_timeout)
     control.front, control.gate = front, gate
     sampler = None

@@ -28,6 +28,7 @@ from balancer.admin_auth import require_token
 from balancer.admin_merge import merge_backend, merge_metrics, merge_status, requests_served
 from balancer.alerts import DISABLED, AlertService
 from balancer.config import Config
+from balancer.decisions import SIZE as DECISIONS
 from balancer.window import Sampler, Snapshot, Totals, summed
 
 log = logging.getLogger("balancer.supervisor")
@@ -282,6 +283,26 @@ def make_supervisor_app(
             merged["repinned"] = (_json(answer) or {}).get("repinned", 0)
         return web.json_response(merged)
 
+    async def decisions(request: web.Request) -> web.Response:
+        """Every worker's ring, newest first across them, at most the limit asked."""
+        asked = await admin.ask_all("GET", request.path_qs)
+        answers = [a for _, a in asked if a is not None]
+        if not answers:
+            return web.json_response({"error": "no worker answered (restarting?)"}, status=503)
+        refused = [a for a in answers if a[0] != 200]
+        if refused:
+            return _passed_on(refused[0])
+        merged = [
+            d
+            for a in answers
+            if isinstance(body := _json(a), dict)
+            for d in body.get("decisions", [])
+            if isinstance(d, dict)
+        ]
+        merged.sort(key=lambda d: float(d.get("time", 0)), reverse=True)
+        limit = int(request.query.get("limit", DECISIONS))  # each worker checked it already
+        return web.json_response({"decisions": merged[:limit]})
+
     async def sticky_table(request: web.Request) -> web.Response:
         """The table is Redis' (with several workers sticky needs it): one worker reads it."""
         for worker, answer in [(w, None) for w in admin.workers() if w.ready][:1]:
@@ -309,6 +330,7 @@ def make_supervisor_app(
     app.router.add_post("/reload", reload)
     app.router.add_get("/series", series)
     app.router.add_get("/sticky", sticky_table)
+    app.router.add_get("/decisions", decisions)
     app.router.add_get("/alerts", get_alerts)
     dashboard.add_routes(app, index)
     app.router.add_route("*", "/backends/{name}/{action}", set_mode)

@@ -44,6 +44,13 @@ def head_size(message: RawRequestMessage) -> int:
     return size + 2
 
 
+def keep_route(request: web.BaseRequest, route: tuple[Any, ...]) -> None:
+    """What the proxy decided for the request, on its connection (LeanRequestHandler.route)."""
+    protocol = request.protocol
+    if isinstance(protocol, FrontHandler):
+        protocol.route = route
+
+
 def client_address(request: web.BaseRequest) -> str:
     """The client's IP address ("" when unknown), read once per connection: aiohttp works
     `request.remote` out again for every request."""
@@ -338,8 +345,8 @@ _PHRASES = {400: "Bad Request", 414: "URI Too Long", 431: "Request Header Fields
 class FrontServer(web.Server):
     """aiohttp's low-level server, making `FrontHandler`s."""
 
-    #: Called with (request, answer or None if it was cut) after each request, when set (the
-    #: access log); read per request, so setting it applies to open connections too.
+    #: Called with (request, answer or None if it was cut, the proxy's route) after each
+    #: request, when set (decisions, the access log); read per request.
     answered: Any = None
 
     def __init__(

@@ -40,9 +40,11 @@ from balancer.response import Sent
 
 
 class LeanRequestHandler(RequestHandler):
-    """aiohttp's RequestHandler with the request loop above."""
+    """aiohttp's RequestHandler with the request loop above. `route` is what the proxy kept
+    of the request in progress (requests on one connection are answered one at a time), for
+    the `answered` hook."""
 
-    __slots__ = ()
+    __slots__ = ("route",)
 
     async def _handle_request(
         self,
@@ -167,13 +169,14 @@ class LeanRequestHandler(RequestHandler):
                 self._task_handler or asyncio.current_task(loop),  # type: ignore[arg-type]
             )
             resp = None
+            self.route: tuple[Any, ...] | None = None
             try:
                 try:
                     resp, reset = await self._handle_request(request, start, request_handler)
                 except ConnectionError:
                     break
-                if server.answered is not None:  # the access log (FrontServer.answered)
-                    server.answered(request, resp)
+                if server.answered is not None:  # decisions, the access log
+                    server.answered(request, resp, self.route)
                 if reset:
                     break
                 if type(resp) is not Sent:
@@ -187,7 +190,7 @@ class LeanRequestHandler(RequestHandler):
             except asyncio.CancelledError:
                 self.force_close()
                 if server.answered is not None and resp is None:
-                    server.answered(request, None)  # cut before its answer: a 499
+                    server.answered(request, None, self.route)  # cut before its answer
                 raise
             except Exception as exc:
                 self.log_exception("Unhandled exception", exc_info=exc)

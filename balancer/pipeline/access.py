@@ -11,6 +11,7 @@ from aiohttp import web
 
 from balancer.access_log import Entry
 from balancer.backend import Backend
+from balancer.decisions import Decisions
 from balancer.http.front import client_address
 from balancer.http.parser import parsed_message
 from balancer.pipeline.sticky_stage import StickyPlan
@@ -19,31 +20,33 @@ from balancer.response import Sent
 if TYPE_CHECKING:
     from balancer.proxy import Proxy
 
-# The request's route (the backends tried, the sticky plan), kept on the request by the proxy
-# while the log is on.
-ROUTE = "balancer.route"
 NO_TRIED: list[Backend] = []
 
 
 class Answered:
     """Called by the front's request loop once each request was answered (or cut: `answer`
-    None), while the access log is on: no coroutine of its own around the request."""
+    None), with the route the proxy kept (None: refused before routing, a 400): the decision
+    goes to the ring, and, while the access log is on, a line to it. No coroutine of its own
+    around the request."""
 
-    def __init__(self, proxy: Proxy) -> None:
+    def __init__(self, proxy: Proxy, decisions: Decisions) -> None:
         self.proxy = proxy
+        self.ring = decisions.ring
 
-    def __call__(self, request: web.BaseRequest, answer: Any) -> None:
+    def __call__(self, request: web.BaseRequest, answer: Any, route: Any) -> None:
+        now = self.proxy.clock()
+        status = 499 if answer is None else answer.status  # no answer: the client went away
+        if route is not None:
+            self.ring.append((now, route, status, parsed_message(request)))
         access = self.proxy.access
         if access is None:
             return
-        now = self.proxy.clock()
-        try:
-            started, tried, plan = request[ROUTE]
-        except KeyError:  # refused before routing (a 400): as good as no time at all
+        if route is not None:
+            started, tried, plan, _ = route
+        else:
             started, tried, plan = now, NO_TRIED, None
-        status, body_bytes = 499, 0  # no answer: the client went away
+        body_bytes = 0
         if answer is not None:
-            status = answer.status
             if type(answer) is Sent:
                 body_bytes = answer.body_bytes
             elif isinstance(body := getattr(answer, "body", None), bytes):
