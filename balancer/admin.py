@@ -206,23 +206,25 @@ def _limit(given: list[str], default: int = 100) -> int:
     return int(given[0])
 
 
-def _repin_asked(body: bytes) -> bool:
-    """An action's optional JSON body: `{"repin": true}` (SPEC §3), or nothing."""
+def _repin_asked(body: bytes) -> tuple[bool, bool]:
+    """An action's optional JSON body: `{"repin": true}` (SPEC §3), or nothing; and whether
+    only this process's own copies are to follow (`"local_only": true`: what a supervisor
+    asks of the workers that did not re-pin the shared store)."""
     if not body.strip():
-        return False
+        return False, False
     try:
         parsed = json.loads(body)
     except ValueError:
         raise ValueError('the body must be JSON, e.g. {"repin": true}') from None
-    if not isinstance(parsed, dict) or set(parsed) - {"repin"}:
+    if not isinstance(parsed, dict) or set(parsed) - {"repin", "local_only"}:
         raise ValueError('the body may only hold {"repin": true | false}')
-    repin_value = parsed.get("repin", False)
-    if not isinstance(repin_value, bool):
+    repin_value, local_only = parsed.get("repin", False), parsed.get("local_only", False)
+    if not isinstance(repin_value, bool) or not isinstance(local_only, bool):
         raise ValueError("repin: expected true or false")
-    return repin_value
+    return repin_value, local_only
 
 
-async def _repin(control: Control, drained: Backend) -> int:
+async def _repin(control: Control, drained: Backend, local_only: bool = False) -> int:
     """The drained backend's sticky sessions, each to the strategy's pick among the others."""
     runtime = control.runtime
     assert runtime is not None
@@ -234,7 +236,7 @@ async def _repin(control: Control, drained: Backend) -> int:
         backend = pool.pick((drained,))
         return backend.name if backend is not None else None
 
-    moved = await repin(control.store, drained.name, choose)
+    moved = await repin(control.store, drained.name, choose, local_only=local_only)
     log.info("backend %s: %d sticky session(s) re-pinned by the admin API", drained.name, moved)
     return moved
 
@@ -292,7 +294,7 @@ def make_admin_app(
                 headers={"Allow": "POST"},
             )
         try:
-            repin_asked = _repin_asked(await request.read())
+            repin_asked, local_only = _repin_asked(await request.read())
         except ValueError as exc:
             return web.json_response({"error": str(exc)}, status=400)
         if repin_asked and action != "drain":
@@ -301,7 +303,7 @@ def make_admin_app(
         log.info("backend %s: %s by the admin API", backend.name, MODES[action])
         body = backend_status(backend)
         if repin_asked:
-            body["repinned"] = await _repin(control, backend)
+            body["repinned"] = await _repin(control, backend, local_only)
         return web.json_response(body)
 
     async def decisions(request: web.Request) -> web.Response:

@@ -281,6 +281,12 @@ def make_supervisor_app(
                     body=answer[1], status=answer[0], content_type="application/json"
                 )
             merged["repinned"] = (_json(answer) or {}).get("repinned", 0)
+            # The others' own copies of the moved sessions (a near cache, the fallback copy).
+            local = b'{"repin": true, "local_only": true}'
+            others = [w for w, _ in answers[1:]]
+            await asyncio.gather(
+                *(admin.call(w, "POST", action_path(name, action), local) for w in others)
+            )
         return web.json_response(merged)
 
     async def decisions(request: web.Request) -> web.Response:

@@ -44,11 +44,11 @@ def head_size(message: RawRequestMessage) -> int:
     return size + 2
 
 
-def keep_route(request: web.BaseRequest, route: tuple[Any, ...]) -> None:
-    """What the proxy decided for the request, on its connection (LeanRequestHandler.route)."""
+def connection_of(request: web.BaseRequest) -> FrontHandler | None:
+    """The client connection a proxied request came on: its `client_ip`, and its `route`
+    (LeanRequestHandler), where the proxy keeps what it decided for the request."""
     protocol = request.protocol
-    if isinstance(protocol, FrontHandler):
-        protocol.route = route
+    return protocol if isinstance(protocol, FrontHandler) else None
 
 
 def client_address(request: web.BaseRequest) -> str:

@@ -31,13 +31,14 @@ class Answered:
 
     def __init__(self, proxy: Proxy, decisions: Decisions) -> None:
         self.proxy = proxy
-        self.ring = decisions.ring
+        self.append = decisions.ring.append
+        self.clock = proxy.clock
 
-    def __call__(self, request: web.BaseRequest, answer: Any, route: Any) -> None:
-        now = self.proxy.clock()
+    def answered(self, request: web.BaseRequest, answer: Any, route: Any) -> None:
+        now = self.clock()
         status = 499 if answer is None else answer.status  # no answer: the client went away
         if route is not None:
-            self.ring.append((now, route, status, parsed_message(request)))
+            self.append((now, route, status, parsed_message(request)))
         access = self.proxy.access
         if access is None:
             return

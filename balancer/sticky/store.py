@@ -102,6 +102,11 @@ class MemoryStore:
             evicted, (name, _) = entries.popitem(last=False)
             self.bytes -= entry_bytes(evicted, name)
 
+    def forget(self, key: str) -> None:
+        entry = self._entries.pop(key, None)
+        if entry is not None:
+            self.bytes -= entry_bytes(key, entry[0])
+
     async def get(self, key: str) -> str | None:
         return self.get_now(key)
 

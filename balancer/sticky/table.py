@@ -117,15 +117,25 @@ async def read_table(store: SessionStore, *, limit: int, only: str | None) -> Ta
     return memory_table(store, limit=limit, only=only, kind="memory")
 
 
-async def repin(store: SessionStore, drained: str, choose: Callable[[], str | None]) -> int:
+async def repin(
+    store: SessionStore,
+    drained: str,
+    choose: Callable[[], str | None],
+    *,
+    local_only: bool = False,
+) -> int:
     """Move every session pinned to `drained` to the backend `choose()` names (the strategy's
-    pick); the number moved. Bounded by REPIN_DEADLINE in all."""
+    pick); the number moved. Bounded by REPIN_DEADLINE in all. `local_only`: Redis was done by
+    another process; only this one's near cache and copy follow (they would pin the moved
+    sessions to `drained` again for a while)."""
     if isinstance(store, MemoryStore):
         return _repin_memory(store, drained, choose)
     assert isinstance(store, RedisStore)
     moved = _repin_memory(store.copy, drained, choose)  # ours, for while Redis is away
-    _repin_memory(store._near, drained, choose)
-    if not store.available:
+    for key, (backend, _) in list(store._near._entries.items()):
+        if backend == drained:
+            store._near.forget(key)  # read from Redis again: where the re-pin put it
+    if local_only or not store.available:
         return moved
     moved = 0
     cursor = 0
