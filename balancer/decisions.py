@@ -1,9 +1,9 @@
 """`GET /decisions` (SPEC §3): a bounded ring of the last routing decisions of real requests.
 
 Recording is what every request pays, so it is one tuple appended to a deque (the front's
-`answered` hook: pipeline/access.py); the JSON is built only when asked. Each record holds
-the route the proxy kept on the connection (when it started, the backends tried, the sticky
-plan, the strategy) and the request's parsed head, nothing of its body.
+`answered` hook: pipeline/access.py); the JSON is built only when asked. Each record is a tuple of
+atoms (times, status, method, target, strategy, pick, attempts, the sticky key and pin):
+nothing that holds the request alive, and nothing the garbage collector has to walk.
 """
 
 from __future__ import annotations
@@ -25,24 +25,23 @@ class Decisions:
         """Newest first; `now` is the monotonic clock the records were made on."""
         wall = time.time()
         out: list[dict[str, Any]] = []
-        for ended, (started, tried, plan, strategy), status, message in reversed(self.ring):
+        for ended, started, status, method, path, strategy, pick, attempts, pin in reversed(
+            self.ring
+        ):
             if len(out) >= limit:
                 break
-            sticky = None
-            if plan is not None and plan.key is not None:
-                pinned = plan.pinned.name if plan.pinned is not None else None
-                sticky = {"key": shown(plan.key), "backend": pinned}
+            sticky = None if pin is None else {"key": shown(pin[0]), "backend": pin[1]}
             out.append(
                 {
                     "time": round(wall - (now - started), 3),
-                    "method": message.method,
-                    "path": message.path,
+                    "method": method,
+                    "path": path,
                     "status": status,
                     "duration_ms": round((ended - started) * 1000, 3),
                     "strategy": strategy,
                     "sticky": sticky,
-                    "pick": tried[-1].name if tried else None,
-                    "attempts": len(tried),
+                    "pick": pick,
+                    "attempts": attempts,
                 }
             )
         return out

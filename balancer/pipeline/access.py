@@ -38,7 +38,28 @@ class Answered:
         now = self.clock()
         status = 499 if answer is None else answer.status  # no answer: the client went away
         if route is not None:
-            self.append((now, route, status, parsed_message(request)))
+            # Atoms only, nothing that holds the request (its head, the tried list, the plan):
+            # a ring of such tuples is untracked by the garbage collector, and costs its
+            # collections nothing.
+            started, tried, plan, strategy = route
+            message = parsed_message(request)
+            pin = None
+            if plan is not None and plan.key is not None:
+                pinned = plan.pinned
+                pin = (plan.key, pinned.name if pinned is not None else None)
+            self.append(
+                (
+                    now,
+                    started,
+                    status,
+                    message.method,
+                    message.path,
+                    strategy,
+                    tried[-1].name if tried else None,
+                    len(tried),
+                    pin,
+                )
+            )
         access = self.proxy.access
         if access is None:
             return
