@@ -1,8 +1,10 @@
 """A backend: its configuration, its live stats and its state.
 
 Every attempt to send a request to a backend goes through `Backend.attempt()`, the one place
-that counts in-flight, requests, failures and the latency EWMA; the
-strategies, the breaker and /status read what it records.
+that counts in-flight, requests, failures and the latency EWMA, and keeps the attempts still
+waiting for their response head in the order they started (`waiting`: the oldest one's age is
+a floor on the latency, strategies/response_time.py); the strategies, the breaker and /status
+read what it records.
 """
 
 from __future__ import annotations
@@ -110,6 +112,7 @@ class Backend:
         "state",
         "upstream",
         "url",
+        "waiting",
         "weight",
     )
 
@@ -145,6 +148,9 @@ class Backend:
         self.failures_total = 0
         self.latency_ewma = 0.0
         self.latency_updated_at = float("-inf")
+        # The attempts waiting for their response head, oldest first: a dict as an ordered
+        # set (insertion order is start order), O(1) to add and to remove from anywhere.
+        self.waiting: dict[Attempt, bool] = {}
         self.load_updated_at = float("-inf")
         self.requests = RequestStats()
         self._clock = clock
@@ -236,13 +242,23 @@ class Backend:
             self.latency_ewma += alpha * (seconds - self.latency_ewma)
         self.latency_updated_at = now
 
+    def oldest_waiting(self) -> float | None:
+        """When the oldest attempt still waiting for its response head started, or None."""
+        for attempt in self.waiting:
+            return attempt.started
+        return None
+
 
 class Attempt:
     """One try of one request on one backend: the completion hook.
 
-    Entering counts the request in flight; `head_received` feeds the latency EWMA with the time
-    to the response head; leaving (however it leaves: success, error, cancellation) releases
-    the in-flight count and counts the attempt, and a failure if the backend was to blame.
+    Entering counts the request in flight and queues it in the backend's `waiting`;
+    `head_received` feeds the latency EWMA with the time to the response head and takes it off
+    `waiting`; leaving (however it leaves: success, error, cancellation) releases the in-flight
+    count and counts the attempt, and a failure if the backend was to blame. An attempt that
+    leaves without a head after waiting longer than the EWMA says is a sample of that wait (a
+    lower bound of the latency, but above the estimate): a backend whose clients give up on
+    it is not judged by its answers from before it turned slow.
     """
 
     __slots__ = ("backend", "failed", "started", "trial")
@@ -259,6 +275,7 @@ class Attempt:
         if backend.breaker is not None:
             self.trial = backend.breaker.begin()
         self.started = backend._clock()
+        backend.waiting[self] = True
         return self
 
     def head_received(self, status: int) -> None:
@@ -266,8 +283,14 @@ class Attempt:
         backend = self.backend
         now = backend._clock()
         backend.observe_latency(now - self.started, now)
+        del backend.waiting[self]
         if status in backend.failure_statuses:
             self.failed = True
+
+    def _left_unanswered(self, backend: Backend) -> None:
+        now = backend._clock()
+        if now - self.started > backend.latency_ewma:
+            backend.observe_latency(now - self.started, now)
 
     def __exit__(
         self,
@@ -276,6 +299,8 @@ class Attempt:
         tb: TracebackType | None,
     ) -> None:
         backend = self.backend
+        if backend.waiting.pop(self, False):  # no head came
+            self._left_unanswered(backend)
         backend.in_flight -= 1
         backend.attempts_total += 1
         if backend._on_slot_freed is not None:

@@ -25,7 +25,7 @@ MakeBackend = Callable[..., Backend]
 
 
 class Clock:
-    """Hands out the given times in order, one per call."""
+    """Hands out the given times in order, one per call, then the last one again."""
 
     def __init__(self, *times: float) -> None:
         self.times = list(times)
@@ -33,7 +33,7 @@ class Clock:
 
     def __call__(self) -> float:
         self.calls += 1
-        return self.times.pop(0)
+        return self.times.pop(0) if len(self.times) > 1 else self.times[0]
 
 
 @pytest.fixture
@@ -176,11 +176,86 @@ async def test_a_sample_after_a_long_gap_outweighs_the_past(make_backend: MakeBa
 async def test_an_attempt_without_a_head_leaves_the_latency_alone(
     make_backend: MakeBackend,
 ) -> None:
-    backend = make_backend(clock=Clock(1.0))
+    backend = make_backend(clock=Clock(1.0, 1.0))
     with pytest.raises(ConnectFailed), backend.attempt():
         raise ConnectFailed()
     assert backend.latency_ewma == 0.0
     assert backend.latency_updated_at == float("-inf")
+    assert not backend.waiting
+
+
+class Now:
+    """A clock that says what it is told."""
+
+    def __init__(self, now: float = 100.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_the_oldest_waiting_attempt_is_known_whatever_order_heads_arrive(
+    make_backend: MakeBackend,
+) -> None:
+    now = Now()
+    backend = make_backend(clock=now)
+    attempts = []
+    for _ in range(3):  # started at 100.0, 100.1, 100.2
+        attempts.append(backend.attempt().__enter__())
+        now.now += 0.1
+    a, b, c = attempts
+    assert backend.oldest_waiting() == 100.0
+    b.head_received(200)  # out of order: a still waits
+    assert backend.oldest_waiting() == 100.0
+    b.__exit__(None, None, None)
+    a.head_received(200)  # the oldest answered: c is the oldest now
+    assert backend.oldest_waiting() == pytest.approx(100.2)
+    assert list(backend.waiting) == [c]
+    with pytest.raises(ConnectFailed):
+        c.__exit__(ConnectFailed, ConnectFailed(), None)  # left without a head
+        raise ConnectFailed()
+    assert backend.oldest_waiting() is None and not backend.waiting
+    a.__exit__(None, None, None)
+    assert backend.in_flight == 0
+
+
+async def test_nothing_piles_up_behind_a_stuck_attempt(
+    make_backend: MakeBackend,
+) -> None:
+    now = Now()
+    backend = make_backend(clock=now)
+    stuck = backend.attempt().__enter__()  # a long poll: no head for a long time
+    longest = 0
+    for _ in range(5000):
+        now.now += 0.001
+        with backend.attempt() as attempt:
+            longest = max(longest, len(backend.waiting))
+            attempt.head_received(200)
+    assert longest == 2  # the stuck one and the one in progress: nothing piles up behind it
+    assert backend.oldest_waiting() == 100.0
+    stuck.head_received(200)
+    assert not backend.waiting
+
+
+async def test_leaving_without_a_head_after_waiting_longer_than_the_ewma_is_a_sample(
+    make_backend: MakeBackend,
+) -> None:
+    """A client that gave up after 1 s says the backend takes at least 1 s: above the 50 ms
+    EWMA, it counts (time-decayed weight, 1 s after the last sample); a refusal within 10 ms
+    says nothing the EWMA does not already say."""
+    now = Now()
+    backend = make_backend(clock=now)
+    backend.observe_latency(0.050)
+    with pytest.raises(ClientGone), backend.attempt():
+        now.now += 1.0
+        raise ClientGone()
+    assert backend.latency_ewma == pytest.approx(0.050 + (1 - math.exp(-1.0)) * 0.950)
+    assert backend.latency_updated_at == 101.0
+    before = backend.latency_ewma
+    with pytest.raises(ConnectFailed), backend.attempt():
+        now.now += 0.010
+        raise ConnectFailed()
+    assert backend.latency_ewma == before and backend.latency_updated_at == 101.0
 
 
 # -- RequestStats ----------------------------------------------------------------------------

@@ -10,11 +10,12 @@ from collections.abc import Callable
 
 import pytest
 
-from balancer.backend import Backend
+from balancer.backend import Attempt, Backend
 from balancer.config import AdaptiveWeights, BackendConfig
 from balancer.pool import Pool
 from balancer.strategies import STRATEGIES, UnknownStrategy, make_strategy
 from balancer.strategies.consistent_hash import ConsistentHash
+from balancer.strategies.response_time import latency
 from balancer.strategies.ring import MAX_POINTS, VNODES, Ring, ring_hash, vnodes
 from balancer.upstream_pool import UpstreamPool
 
@@ -160,6 +161,71 @@ async def test_adaptive_score_follows_the_spec(make_backend: MakeBackend) -> Non
     clock.now += 31  # a's report is stale now: neutral 0.5 again
     a.latency_updated_at = b.latency_updated_at = clock.now
     assert chosen.score(a, 4, 0.020, clock.now) == pytest.approx(0.4 + 0.3 + 0.1 + 0.05)  # type: ignore[attr-defined]
+
+
+def enter(backend: Backend) -> Attempt:
+    """An attempt started now on `backend` (left open: waiting for its head)."""
+    return backend.attempt().__enter__()
+
+
+async def test_latency_decays_only_with_nothing_waiting(make_backend: MakeBackend) -> None:
+    clock = Clock()
+    backend = make_backend("a", clock=clock)
+    backend.observe_latency(0.040)
+    clock.now += 1.0  # idle for two half-lives: a quarter
+    assert latency(backend, clock.now) == pytest.approx(0.010)
+    attempt = enter(backend)  # a request goes out: the EWMA counts as it is, undecayed
+    assert latency(backend, clock.now) == 0.040
+    clock.now += 0.030
+    assert latency(backend, clock.now) == 0.040  # still waiting, younger than the EWMA
+    attempt.head_received(200)  # answered in 30 ms
+    attempt.__exit__(None, None, None)
+    assert latency(backend, clock.now) == pytest.approx(backend.latency_ewma)
+    clock.now += 0.5
+    assert latency(backend, clock.now) == pytest.approx(backend.latency_ewma / 2)
+
+
+async def test_the_oldest_waiting_request_is_a_floor_on_the_latency(
+    make_backend: MakeBackend,
+) -> None:
+    clock = Clock()
+    backend = make_backend("a", clock=clock)
+    backend.observe_latency(0.010)
+    first = enter(backend)
+    clock.now += 0.1
+    second = enter(backend)
+    clock.now += 0.4
+    assert latency(backend, clock.now) == pytest.approx(0.5)  # first's age, not 10 ms
+    second.head_received(200)  # answered out of order: first still waits
+    second.__exit__(None, None, None)
+    clock.now += 0.5
+    assert latency(backend, clock.now) == pytest.approx(1.0)
+    first.head_received(200)  # its 1 s answer is a sample now; nothing waits
+    first.__exit__(None, None, None)
+    assert not backend.waiting
+    assert latency(backend, clock.now) == pytest.approx(backend.latency_ewma)
+    assert backend.latency_ewma > 0.4  # 10 ms, then answers of 0.4 s and 1 s
+
+
+@pytest.mark.parametrize("name", ["response_time", "p2c", "adaptive"])
+async def test_a_backend_turning_slow_loses_its_traffic_before_any_slow_answer(
+    name: str, make_backend: MakeBackend
+) -> None:
+    """Both answered in 10 ms until now; b's requests since have waited 300 ms without an
+    answer. Before, b's EWMA (no sample for 300 ms) read as decayed: b looked the faster."""
+    clock = Clock()
+    a, b = make_backend("a", clock=clock), make_backend("b", clock=clock)
+    a.observe_latency(0.010)
+    b.observe_latency(0.010)
+    for _ in range(3):
+        enter(b)  # b turned slow: its requests wait
+    clock.now += 0.300
+    waiting_a = enter(a)  # a answers as before
+    a.observe_latency(0.010)
+    chosen = strategy(name, clock=clock)
+    picks = Counter(chosen.pick((a, b)).name for _ in range(50))  # type: ignore[attr-defined]
+    assert picks == {"a": 50}, picks
+    waiting_a.head_received(200)
 
 
 async def test_p2c_never_lets_the_worse_of_a_pair_win(make_backend: MakeBackend) -> None:

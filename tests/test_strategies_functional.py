@@ -115,3 +115,51 @@ async def test_consistent_hash_with_heavy_weights_answers_from_one_ring_built_at
         assert log.count("consistent_hash: ring of 19998 points over 3 backends built") == 1, log
     finally:
         await third.stop()
+
+
+async def open_loop(
+    session: aiohttp.ClientSession, url: str, seconds: float, interval: float = 0.01
+) -> list[str]:
+    """One request every `interval` for `seconds`, each sent on time whatever the ones before
+    it are doing (an open loop); the backend that served each, in the order they were sent."""
+    loop = asyncio.get_running_loop()
+
+    async def get() -> str:
+        async with session.get(url) as response:
+            assert response.status == 200
+            await response.read()
+            return response.headers["X-Backend"]
+
+    tasks = []
+    start = loop.time()
+    for i in range(round(seconds / interval)):
+        await asyncio.sleep(max(0.0, start + i * interval - loop.time()))
+        tasks.append(asyncio.ensure_future(get()))
+    return list(await asyncio.gather(*tasks))
+
+
+@pytest.mark.parametrize("strategy", ["response_time", "p2c", "adaptive"])
+async def test_a_backend_turning_slow_loses_its_traffic_before_its_first_slow_answer(
+    strategy: str, balancer_factory: StartBalancer, session: aiohttp.ClientSession
+) -> None:
+    """Three backends at 20 ms under 100 requests a second; b2 turns to 2 s. Every request of
+    the next second is sent before b2's first slow answer can come back: only the age of its
+    requests waiting can tell the strategy. Before, their EWMA read b2 as the fastest (no new
+    sample: decayed) and sent it dozens of them."""
+    started = [await start_backend(f"b{i}") for i in range(3)]
+    try:
+        for backend in started:
+            backend.set_delay(0.02)
+        balancer = await balancer_factory(
+            [b.url for b in started], f"strategy: {strategy}\nhealth_check: {{interval: 1h}}\n"
+        )
+        url = balancer.url + "/"
+        before = Counter(await open_loop(session, url, 1.0))
+        assert set(before) == {"b0", "b1", "b2"}, before  # b2 was taking its part
+        started[2].set_delay(2.0)
+        after = await open_loop(session, url, 1.0)
+        assert len(after) == 100
+        assert after.count("b2") <= 8, Counter(after)
+    finally:
+        for backend in started:
+            await backend.stop()

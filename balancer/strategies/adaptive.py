@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
-from balancer.strategies.response_time import decayed_latency
+from balancer.strategies.response_time import latency
 
 if TYPE_CHECKING:
     from balancer.backend import Backend
@@ -49,13 +49,13 @@ class Adaptive:
         cpu = backend.cpu if fresh and backend.cpu is not None else NEUTRAL
         memory = backend.memory if fresh and backend.memory is not None else NEUTRAL
         conn = backend.in_flight / max_in_flight if max_in_flight else 0.0
-        latency = decayed_latency(backend, now) / max_latency if max_latency else 0.0
-        return w_conn * conn + w_rt * latency + w_cpu * cpu + w_mem * memory
+        rt = latency(backend, now) / max_latency if max_latency else 0.0
+        return w_conn * conn + w_rt * rt + w_cpu * cpu + w_mem * memory
 
     def pick(self, candidates: Sequence[Backend], key: bytes | None = None) -> Backend:
         now = self._clock()
         max_in_flight = max(b.in_flight for b in candidates)
-        max_latency = max(decayed_latency(b, now) for b in candidates)
+        max_latency = max(latency(b, now) for b in candidates)
         best: list[Backend] = []
         best_score = 0.0
         for backend in candidates:
