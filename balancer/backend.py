@@ -57,9 +57,14 @@ EWMA_ALPHA = 0.2
 NEVER = float("-inf")  # a time that has not come yet
 # ...or more when the previous sample is old: a sample after a gap of t seconds weighs at least
 # 1 - exp(-t / EWMA_TAU) (Finagle's time-decayed EWMA), so a backend that got no traffic while
-# it was slow is judged by its first new answer, not by its past.
-EWMA_TAU = 1.0
-EWMA_GAP = EWMA_TAU * math.log(1.0 / (1.0 - EWMA_ALPHA))  # 0.223 s
+# it was slow is judged by its first new answer, not by its past. 0.25 s, not 1 s: a probe
+# sent after a second or two without traffic (response_time's decay) then all but replaces
+# the EWMA, so a backend that has recovered gets its share back at its first fast answer
+# rather than over several probes (benchmarks/strategies.py, `recovering`: with 1 s, adaptive
+# gave a recovered backend 8 % instead of 33 % of the requests over the seconds after its first
+# one back).
+EWMA_TAU = 0.25
+EWMA_GAP = EWMA_TAU * math.log(1.0 / (1.0 - EWMA_ALPHA))  # 0.056 s
 
 
 class RequestStats:

@@ -57,6 +57,15 @@ class AdaptiveWeights:
 
 
 @dataclass(frozen=True, slots=True)
+class AdaptiveConfig:
+    weights: AdaptiveWeights = field(default_factory=AdaptiveWeights)
+    # The requests in flight that make adaptive's connections term 1 for a backend without a
+    # max_connections of its own (SPEC §2); the default was chosen by measurement (README,
+    # "Strategies: which to pick").
+    capacity: int = field(default=32, metadata=_rule(checks.integer(1)))
+
+
+@dataclass(frozen=True, slots=True)
 class BackendConfig:
     url: str
     name: str
@@ -252,8 +261,7 @@ class Config:
     admin: AdminConfig = field(default_factory=AdminConfig)
     strategy: str = field(default="round_robin", metadata=_text_rule(checks.strategy))
     hash: HashConfig = field(default_factory=HashConfig)
-    # `adaptive: {weights: {...}}`, of which Config keeps the weights.
-    adaptive: AdaptiveWeights = field(default_factory=AdaptiveWeights, metadata=_walked())
+    adaptive: AdaptiveConfig = field(default_factory=AdaptiveConfig)
     health_check: HealthCheckConfig = field(default_factory=HealthCheckConfig)
     circuit_breaker: CircuitBreakerConfig = field(default_factory=CircuitBreakerConfig)
     sticky: StickyConfig = field(default_factory=StickyConfig)

@@ -258,7 +258,7 @@ _FINISH: dict[type, Finish] = {
 }
 
 
-# --- the keys walked by a walk of their own: the backends list, adaptive's weights -------
+# --- the keys walked by a walk of their own: the backends list ---------------------------
 
 
 def _backend_url(value: Any) -> BackendConfig:
@@ -338,14 +338,6 @@ def _backends(walk: _Walk, node: yaml.Node, path: str) -> Any:
     return tuple(backends)
 
 
-def _adaptive(walk: _Walk, node: yaml.Node, path: str) -> Any:
-    """`adaptive: {weights: {...}}`, of which Config keeps the weights."""
-    if _is_null(node):
-        return AdaptiveWeights()
-    fields = _fields(walk, node, path, {"weights": _section(AdaptiveWeights)})
-    return fields.values.get("weights", AdaptiveWeights())
-
-
 # The threshold of each rule that has one (its `above` and `over` keys): a ratio or seconds.
 _THRESHOLDS: dict[str, Callable[[Any], float]] = {
     "error_ratio": checks.ratio,
@@ -398,7 +390,6 @@ def _alert_rules(walk: _Walk, node: yaml.Node, path: str) -> Any:
 
 _WALKED: dict[str, Convert] = {
     "backends": _backends,
-    "adaptive": _adaptive,
     "rules": _alert_rules,
 }
 

@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import pytest
 
-from balancer.backend import DURATION_BUCKETS, Backend, Mode, RequestStats
+from balancer.backend import DURATION_BUCKETS, EWMA_GAP, EWMA_TAU, Backend, Mode, RequestStats
 from balancer.config import BackendConfig
 from balancer.errors import (
     BackendDropped,
@@ -146,20 +146,21 @@ async def test_a_failure_status_counts_as_a_failure(
 
 
 async def test_latency_ewma_first_sample_exact_then_alpha_0_2(make_backend: MakeBackend) -> None:
-    # enter / head_received pairs, back to back: 0.125 s, 0.1875 s, then 0.0625 s to the head
-    # (gaps under 0.22 s: the time-decayed weight 1 - e^(-gap/1s) stays under 0.2).
-    clock = Clock(1.0, 1.125, 1.125, 1.3125, 1.3125, 1.375)
+    # enter / head_received pairs, back to back: 31.25 ms, 46.875 ms, then 15.625 ms to the
+    # head (gaps under EWMA_GAP, 56 ms: the time-decayed weight 1 - e^(-gap/tau) stays under
+    # 0.2).
+    clock = Clock(1.0, 1.03125, 1.03125, 1.078125, 1.078125, 1.09375)
     backend = make_backend(clock=clock)
     expected = []
     for _ in range(3):
         with backend.attempt() as attempt:
             attempt.head_received(200)
         expected.append(backend.latency_ewma)
-    assert expected[0] == 0.125  # the first sample, as it is
-    assert expected[1] == 0.125 + 0.2 * (0.1875 - 0.125)  # 0.1375
-    assert expected[2] == expected[1] + 0.2 * (0.0625 - expected[1])  # 0.1225
-    assert expected == pytest.approx([0.125, 0.1375, 0.1225], abs=1e-15)
-    assert backend.latency_updated_at == 1.375
+    assert EWMA_GAP > 0.046875
+    assert expected[0] == 0.03125  # the first sample, as it is
+    assert expected[1] == 0.03125 + 0.2 * (0.046875 - 0.03125)
+    assert expected[2] == expected[1] + 0.2 * (0.015625 - expected[1])
+    assert backend.latency_updated_at == 1.09375
     assert clock.calls == 6  # one clock read entering, one at the head: none per exit
 
 
@@ -167,10 +168,12 @@ async def test_a_sample_after_a_long_gap_outweighs_the_past(make_backend: MakeBa
     """A backend that got no traffic while it was slow is judged by its first new answer."""
     backend = make_backend(clock=Clock(0.0))
     backend.observe_latency(0.100, now=10.0)  # slow
-    backend.observe_latency(0.010, now=15.0)  # 5 s later, fast again: weight 1 - e^-5
-    assert backend.latency_ewma == pytest.approx(0.010 + 0.090 * math.exp(-5.0))
-    backend.observe_latency(0.100, now=15.01)  # back to back: the usual 0.2
-    assert backend.latency_ewma == pytest.approx(0.0106 + 0.2 * (0.100 - 0.0106), rel=1e-2)
+    backend.observe_latency(0.010, now=10.5)  # 0.5 s later, fast again: weight 1 - e^-2
+    assert EWMA_TAU == 0.25
+    fast_again = 0.010 + 0.090 * math.exp(-0.5 / EWMA_TAU)
+    assert backend.latency_ewma == pytest.approx(fast_again)
+    backend.observe_latency(0.100, now=10.51)  # back to back: the usual 0.2
+    assert backend.latency_ewma == pytest.approx(fast_again + 0.2 * (0.100 - fast_again))
 
 
 async def test_an_attempt_without_a_head_leaves_the_latency_alone(
@@ -241,15 +244,15 @@ async def test_leaving_without_a_head_after_waiting_longer_than_the_ewma_is_a_sa
     make_backend: MakeBackend,
 ) -> None:
     """A client that gave up after 1 s says the backend takes at least 1 s: above the 50 ms
-    EWMA, it counts (time-decayed weight, 1 s after the last sample); a refusal within 10 ms
-    says nothing the EWMA does not already say."""
+    EWMA, it counts (time-decayed weight, 1 s after the last sample: 1 - e^-4); a refusal
+    within 10 ms says nothing the EWMA does not already say."""
     now = Now()
     backend = make_backend(clock=now)
     backend.observe_latency(0.050)
     with pytest.raises(ClientGone), backend.attempt():
         now.now += 1.0
         raise ClientGone()
-    assert backend.latency_ewma == pytest.approx(0.050 + (1 - math.exp(-1.0)) * 0.950)
+    assert backend.latency_ewma == pytest.approx(0.050 + (1 - math.exp(-1.0 / EWMA_TAU)) * 0.950)
     assert backend.latency_updated_at == 101.0
     before = backend.latency_ewma
     with pytest.raises(ConnectFailed), backend.attempt():

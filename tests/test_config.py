@@ -13,6 +13,7 @@ from balancer.config import (
     LOG_LEVELS,
     STICKY_MODES,
     STRATEGY_NAMES,
+    AdaptiveConfig,
     AdaptiveWeights,
     Address,
     AdminConfig,
@@ -155,7 +156,7 @@ def test_every_default() -> None:
     assert config.admin == AdminConfig(Address("127.0.0.1", 9090), "")
     assert config.strategy == "round_robin"
     assert config.hash == HashConfig("ip", None)
-    assert config.adaptive == AdaptiveWeights(0.4, 0.3, 0.2, 0.1)
+    assert config.adaptive == AdaptiveConfig(AdaptiveWeights(0.4, 0.3, 0.2, 0.1), 32)
     assert config.health_check == HealthCheckConfig("/health", 5.0, 2.0, 2, 3)
     assert config.circuit_breaker == CircuitBreakerConfig(5, 60.0)
     assert config.sticky == StickyConfig("off", "lb_session", "X-Session-Id", 1800.0, False)
@@ -505,7 +506,47 @@ def test_hash_on_unknown_source() -> None:
 
 def test_adaptive_weights_partial_take_defaults() -> None:
     config = parse(with_section("adaptive:\n  weights: {cpu: 1, memory: 0}\n"))
-    assert config.adaptive == AdaptiveWeights(0.4, 0.3, 1.0, 0.0)
+    assert config.adaptive.weights == AdaptiveWeights(0.4, 0.3, 1.0, 0.0)
+    assert config.adaptive.capacity == 32
+
+
+def test_adaptive_capacity_as_written() -> None:
+    text = "adaptive:\n  weights: {connections: 0.4, response_time: 0.3, cpu: 0.2, memory: 0.1}\n"
+    config = parse(with_section(text + "  capacity: 8\n"))
+    assert config.adaptive == AdaptiveConfig(AdaptiveWeights(0.4, 0.3, 0.2, 0.1), 8)
+    assert parse(with_section("adaptive: {capacity: 1}\n")).adaptive.capacity == 1
+    assert parse(with_section("adaptive: {capacity: 100000}\n")).adaptive.weights == (
+        AdaptiveWeights()
+    )
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("0", "balancer.yaml:4: adaptive.capacity: must be at least 1, got 0"),
+        ("-64", "balancer.yaml:4: adaptive.capacity: must be at least 1, got -64"),
+        ("1.5", "balancer.yaml:4: adaptive.capacity: expected a whole number, got 1.5"),
+        ("64.0", "balancer.yaml:4: adaptive.capacity: expected a whole number, got 64.0"),
+        (".inf", "balancer.yaml:4: adaptive.capacity: expected a whole number, got inf"),
+        (".nan", "balancer.yaml:4: adaptive.capacity: expected a whole number, got nan"),
+        ("yes", "balancer.yaml:4: adaptive.capacity: expected a whole number, got a boolean"),
+        ("'64'", "balancer.yaml:4: adaptive.capacity: expected a whole number, got the string"),
+        ("[64]", "balancer.yaml:4: adaptive.capacity: expected a whole number, got a list"),
+        ("{max: 64}", "balancer.yaml:4: adaptive.capacity: expected a whole number, got a mapping"),
+        ("~", "balancer.yaml:4: adaptive.capacity: expected a whole number"),
+    ],
+)
+def test_adaptive_capacity_refused(value: str, message: str) -> None:
+    assert message in only_problem(with_section(f"adaptive:\n  capacity: {value}\n"))
+
+
+def test_adaptive_unknown_key_and_every_problem_at_once() -> None:
+    text = with_section("adaptive:\n  capacty: 64\n  weights: {cpu: -1}\n")
+    with pytest.raises(ConfigError) as caught:
+        parse(text)
+    lines = caught.value.lines()
+    assert any("adaptive: unknown key 'capacty'; did you mean 'capacity'?" in x for x in lines)
+    assert any("adaptive.weights.cpu: must be >= 0, got -1" in x for x in lines), lines
 
 
 def test_adaptive_weights_all_zero() -> None:

@@ -11,7 +11,7 @@ from collections.abc import Callable
 import pytest
 
 from balancer.backend import Attempt, Backend
-from balancer.config import AdaptiveWeights, BackendConfig
+from balancer.config import AdaptiveConfig, AdaptiveWeights, BackendConfig
 from balancer.pool import Pool
 from balancer.strategies import STRATEGIES, UnknownStrategy, make_strategy
 from balancer.strategies.consistent_hash import ConsistentHash
@@ -35,11 +35,18 @@ MakeBackend = Callable[..., Backend]
 async def make_backend() -> MakeBackend:
     loop = asyncio.get_running_loop()
 
-    def make(name: str, weight: int = 1, clock: Callable[[], float] | None = None) -> Backend:
+    def make(
+        name: str,
+        weight: int = 1,
+        clock: Callable[[], float] | None = None,
+        max_connections: int = 0,
+    ) -> Backend:
         upstream = UpstreamPool(
             "127.0.0.1", 9, use_tls=False, connect_timeout=1, read_timeout=1, loop=loop
         )
-        config = BackendConfig(f"http://127.0.0.1:{9}", name, weight)
+        config = BackendConfig(
+            f"http://127.0.0.1:{9}", name, weight, max_connections=max_connections
+        )
         return Backend(config, upstream, clock=clock or Clock())
 
     return make
@@ -152,15 +159,49 @@ async def test_adaptive_score_follows_the_spec(make_backend: MakeBackend) -> Non
     b.observe_latency(0.010)
     a.report_load(0.1, 0.2)  # b reports nothing: 0.5 each
     chosen = make_strategy(
-        "adaptive", adaptive=AdaptiveWeights(), rng=random.Random(1), clock=clock
+        "adaptive",
+        adaptive=AdaptiveConfig(AdaptiveWeights(), capacity=8),
+        rng=random.Random(1),
+        clock=clock,
     )
-    # a: 0.4*1 + 0.3*1 + 0.2*0.1 + 0.1*0.2 = 0.74; b: 0.4*0.5 + 0.3*0.5 + 0.2*0.5 + 0.1*0.5 = 0.5
-    assert chosen.score(a, 4, 0.020, clock.now) == pytest.approx(0.74)  # type: ignore[attr-defined]
-    assert chosen.score(b, 4, 0.020, clock.now) == pytest.approx(0.5)  # type: ignore[attr-defined]
+    # a: 0.4*4/8 + 0.3*1 + 0.2*0.1 + 0.1*0.2 = 0.54; b: 0.4*2/8 + 0.3*0.5 + 0.2*0.5 + 0.1*0.5 = 0.4
+    assert chosen.score(a, 0.020, 0.020, clock.now) == pytest.approx(0.54)  # type: ignore[attr-defined]
+    assert chosen.score(b, 0.010, 0.020, clock.now) == pytest.approx(0.4)  # type: ignore[attr-defined]
     assert chosen.pick((a, b)).name == "b"
     clock.now += 31  # a's report is stale now: neutral 0.5 again
-    a.latency_updated_at = b.latency_updated_at = clock.now
-    assert chosen.score(a, 4, 0.020, clock.now) == pytest.approx(0.4 + 0.3 + 0.1 + 0.05)  # type: ignore[attr-defined]
+    assert chosen.score(a, 0.020, 0.020, clock.now) == pytest.approx(0.2 + 0.3 + 0.1 + 0.05)  # type: ignore[attr-defined]
+
+
+async def test_adaptive_connections_are_in_flight_over_capacity_at_most_1(
+    make_backend: MakeBackend,
+) -> None:
+    capped, uncapped = make_backend("capped", max_connections=4), make_backend("uncapped")
+    chosen = make_strategy("adaptive", adaptive=AdaptiveConfig(capacity=10))
+    capped.in_flight = uncapped.in_flight = 2
+    assert chosen.connections(capped) == 0.5  # type: ignore[attr-defined]  # its max_connections
+    assert chosen.connections(uncapped) == 0.2  # type: ignore[attr-defined]  # adaptive.capacity
+    capped.in_flight = uncapped.in_flight = 25
+    assert chosen.connections(capped) == chosen.connections(uncapped) == 1.0  # type: ignore[attr-defined]
+    capped.in_flight = uncapped.in_flight = 0
+    assert chosen.connections(capped) == chosen.connections(uncapped) == 0.0  # type: ignore[attr-defined]
+    assert AdaptiveConfig().capacity == 32  # the measured default (README)
+
+
+async def test_adaptive_with_default_weights_keeps_off_an_idle_slow_backend(
+    make_backend: MakeBackend,
+) -> None:
+    """The old in-flight term (over the largest in flight) made an idle slow backend win as
+    soon as the fast one had one request in flight; over a capacity it takes many."""
+    clock = Clock()
+    fast, slow = make_backend("fast", clock=clock), make_backend("slow", clock=clock)
+    fast.observe_latency(0.010)
+    slow.observe_latency(0.050)
+    chosen = make_strategy("adaptive", rng=random.Random(1), clock=clock)
+    for in_flight in (1, 4, 8, 16):
+        fast.in_flight = in_flight
+        assert chosen.pick((fast, slow)).name == "fast", in_flight  # type: ignore[attr-defined]
+    fast.in_flight = 32  # at its capacity (the default, 32): 0.4 + 0.3 * 0.2 > 0.3
+    assert chosen.pick((fast, slow)).name == "slow"  # type: ignore[attr-defined]
 
 
 def enter(backend: Backend) -> Attempt:

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 from collections import Counter
+from pathlib import Path
 
 import aiohttp
 import pytest
 
 from conftest import StartBalancer
 from support import Backend, Balancer, start_backend
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 async def shares(
@@ -163,3 +168,27 @@ async def test_a_backend_turning_slow_loses_its_traffic_before_its_first_slow_an
     finally:
         for backend in started:
             await backend.stop()
+
+
+def test_check_refuses_hostile_adaptive_settings(tmp_path: Path) -> None:
+    """`balancer --check`: each bad adaptive key on its own line, exit 2; a good one passes."""
+    head = "listen: 127.0.0.1:0\nbackends:\n  - url: http://127.0.0.1:9001\n"
+    bad = head + "adaptive:\n  capacity: 0\n  weights: {connections: -1, cpu: .inf}\n  max: 3\n"
+    path = tmp_path / "balancer.yaml"
+    path.write_text(bad)
+    done = subprocess.run(
+        [sys.executable, "-m", "balancer", "--check", "-c", str(path)],
+        capture_output=True, text=True, timeout=30, cwd=ROOT,
+    )  # fmt: skip
+    assert done.returncode == 2, done
+    lines = done.stderr.splitlines()
+    assert f"{path}:5: adaptive.capacity: must be at least 1, got 0" in lines, lines
+    assert f"{path}:6: adaptive.weights.connections: must be >= 0, got -1" in lines, lines
+    assert f"{path}:6: adaptive.weights.cpu: must be >= 0, got inf" in lines, lines
+    assert any(line.startswith(f"{path}:7: adaptive: unknown key 'max'") for line in lines), lines
+    path.write_text(head + "strategy: adaptive\nadaptive: {capacity: 16}\n")
+    done = subprocess.run(
+        [sys.executable, "-m", "balancer", "--check", "-c", str(path)],
+        capture_output=True, text=True, timeout=30, cwd=ROOT,
+    )  # fmt: skip
+    assert done.returncode == 0, done

@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Protocol
 
-from balancer.config import AdaptiveWeights
+from balancer.config import AdaptiveConfig
 from balancer.strategies.adaptive import Adaptive
 from balancer.strategies.consistent_hash import ConsistentHash
 from balancer.strategies.least_connections import LeastConnections
@@ -45,16 +45,16 @@ def rebuild_hook(strategy: Strategy) -> Rebuild | None:
 
 
 Clock = Callable[[], float]
-StrategyFactory = Callable[[random.Random, Clock, AdaptiveWeights], Strategy]
+StrategyFactory = Callable[[random.Random, Clock, AdaptiveConfig], Strategy]
 
 STRATEGIES: dict[str, StrategyFactory] = {
-    "round_robin": lambda rng, clock, weights: RoundRobin(rng),
-    "weighted": lambda rng, clock, weights: Weighted(rng),
-    "least_connections": lambda rng, clock, weights: LeastConnections(rng),
-    "response_time": lambda rng, clock, weights: ResponseTime(rng, clock),
-    "adaptive": lambda rng, clock, weights: Adaptive(weights, rng, clock),
-    "p2c": lambda rng, clock, weights: PowerOfTwo(rng, clock),
-    "consistent_hash": lambda rng, clock, weights: ConsistentHash(rng),
+    "round_robin": lambda rng, clock, adaptive: RoundRobin(rng),
+    "weighted": lambda rng, clock, adaptive: Weighted(rng),
+    "least_connections": lambda rng, clock, adaptive: LeastConnections(rng),
+    "response_time": lambda rng, clock, adaptive: ResponseTime(rng, clock),
+    "adaptive": lambda rng, clock, adaptive: Adaptive(adaptive, rng, clock),
+    "p2c": lambda rng, clock, adaptive: PowerOfTwo(rng, clock),
+    "consistent_hash": lambda rng, clock, adaptive: ConsistentHash(rng),
 }
 
 
@@ -65,7 +65,7 @@ class UnknownStrategy(ValueError):
 def make_strategy(
     name: str,
     *,
-    adaptive: AdaptiveWeights | None = None,
+    adaptive: AdaptiveConfig | None = None,
     rng: random.Random | None = None,
     clock: Clock = time.monotonic,
 ) -> Strategy:
@@ -76,7 +76,7 @@ def make_strategy(
             f"strategy {name!r} is not available in this version "
             f"(available: {', '.join(sorted(STRATEGIES))})"
         ) from None
-    return factory(rng or random.Random(), clock, adaptive or AdaptiveWeights())
+    return factory(rng or random.Random(), clock, adaptive or AdaptiveConfig())
 
 
 def needs_key(strategy: Strategy) -> bool:
